@@ -93,7 +93,7 @@ def run_pgd(
         raise ValueError("a targeted attack needs targets of shape (N, n_targets)")
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     n = x.shape[0]
-    state = _State.empty(x)
+    state = _State.empty(x.cpu())
     active = torch.ones(n, dtype=torch.bool) if attack_mask is None else attack_mask.clone()
     target_cols = range(targets.shape[1]) if config.targeted else [None]
     for _ in range(config.restarts):
@@ -155,15 +155,15 @@ def _single_run(
         with torch.set_grad_enabled(k < cfg.steps):
             logits = model(xk)  # (n_live, K) in the attack dtype
         state.fwd[idx[live]] += 1
-        hit = logits.detach().argmax(dim=1) != y[live]
+        hit = (logits.detach().argmax(dim=1) != y[live]).cpu()  # index bookkeeping on CPU
         _record_success(state, idx[live[hit]], x_cur[live[hit]], k, tgt, live[hit])
         if k == cfg.steps:
             break
         keep = ~hit
         loss = loss_fn(logits, y[live], targets=None if tgt is None else tgt[live])
-        (grad,) = torch.autograd.grad(loss[keep].sum(), xk)
+        (grad,) = torch.autograd.grad(loss[keep.to(loss.device)].sum(), xk)
         state.bwd[idx[live]] += 1
-        live, grad = live[keep], grad[keep].float()
+        live, grad = live[keep], grad[keep.to(grad.device)].float()
         if live.numel() == 0:
             return
         _count_degenerate(state, idx[live], grad, loss.detach()[keep])
@@ -176,7 +176,7 @@ def _single_run(
         x_prev[live] = xc
         x_cur[live] = x_new
     # examples never misclassified keep the last iterate of the last run
-    state.x_adv[idx[live]] = x_cur[live]
+    state.x_adv[idx[live]] = x_cur[live].cpu()
 
 
 def _record_success(
@@ -185,10 +185,10 @@ def _record_success(
     if rows.numel() == 0:
         return
     state.success[rows] = True
-    state.x_adv[rows] = x_hit
+    state.x_adv[rows] = x_hit.cpu()
     state.first[rows] = k
     if tgt is not None:
-        state.target[rows] = tgt[local]
+        state.target[rows] = tgt[local].cpu()
 
 
 def _count_degenerate(state: _State, rows: Tensor, grad: Tensor, loss: Tensor) -> None:

@@ -32,5 +32,6 @@ def project(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 def random_start(x0: Tensor, eps: float, lo: Tensor, hi: Tensor, gen: torch.Generator) -> Tensor:
     """[paper, MIFPE code] Random start on the eps-ball surface: x0 ± eps per pixel, signs
     uniform, then projected onto [lo, hi]."""
-    signs = torch.randint(0, 2, x0.shape, generator=gen, device=x0.device, dtype=torch.int8)
-    return project(x0 + eps * (2.0 * signs.to(x0.dtype) - 1.0), lo, hi)
+    # drawn on the generator's device (CPU) so the start does not depend on the attack device
+    signs = torch.randint(0, 2, x0.shape, generator=gen, dtype=torch.int8, device=gen.device)
+    return project(x0 + eps * (2.0 * signs.to(x0) - 1.0), lo, hi)

@@ -1,0 +1,33 @@
+"""DVC stage `attack`: one cell (model × loss × budget) -> results/attack/<model>/<loss>/b<N>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tmifpe.cell import CellSpec, run_attack_cell
+from tmifpe.config import SuiteParams
+from tmifpe.losses import parse_loss
+from tmifpe.model_stage import model_files
+from tmifpe.stage_support import run_stage
+
+
+def main(
+    model: str = typer.Option(...), loss: str = typer.Option(...), budget: int = typer.Option(...)
+) -> None:
+    def body(suite: SuiteParams) -> None:
+        spec = CellSpec(model, parse_loss(loss), budget)
+        if model not in suite.models or spec.loss not in suite.losses or budget not in suite.budgets:
+            raise ValueError(f"cell {spec.name} is not in the grid of suite {suite.name!r}")
+        out, timing = spec.outputs()
+        ds_key, _ = suite.dataset_of(model)
+        frame = run_attack_cell(suite, spec, data_path=Path("data/eval") / f"{ds_key}.pt",
+                                model_files=model_files(model), out=out, timing_out=timing)
+        print(f"attack {spec.name}: {frame.height} rows -> {out}")
+
+    run_stage(body)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,27 @@
+"""DVC stage `data`: the evaluation (and training) tensors of one dataset -> data/eval/<key>.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tmifpe.config import SuiteParams
+from tmifpe.data.sources import build_dataset, save_tensors
+from tmifpe.stage_support import run_stage
+
+
+def main(dataset: str = typer.Option(..., help="dataset key of the active suite")) -> None:
+    def body(suite: SuiteParams) -> None:
+        if dataset not in suite.datasets:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of: "
+                             f"{', '.join(suite.datasets)}")
+        tensors = build_dataset(suite.datasets[dataset], Path(suite.data_dir))
+        save_tensors(tensors, Path("data/eval") / f"{dataset}.pt")
+        print(f"data {dataset}: {tensors['x_test'].shape[0]} evaluation points")
+
+    run_stage(body)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,1 @@
+../../../tmifpe/losses/scaling.py

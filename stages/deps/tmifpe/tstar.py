@@ -1,0 +1,1 @@
+../../../tmifpe/tstar.py

@@ -1,0 +1,163 @@
+"""The DVC pipeline end to end in a temporary git + DVC repository with a tiny grid.
+
+Asserts what users rely on: a cold `dvc repro` runs every stage, a second one runs none, editing
+one loss module re-runs exactly that loss's cells plus aggregate/report, a new budget runs only
+the new cells, a removed loss leaves no stale rows in the aggregate, bad params fail cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+
+TINY = {
+    "name": "tiny",
+    "device": "cpu",
+    "threads": 1,
+    "datasets": {"digits": {"source": "digits", "n_examples": 40, "eps": 0.2,
+                            "test_size": 0.2, "split_seed": 0}},
+    "model_zoo": {"digits_std": {"source": "trained", "dataset": "digits", "epochs": 3,
+                                 "lr": 0.003, "seed": 0}},
+    "models": ["digits_std"],
+    "losses": ["ce", "tmifpe"],
+    "budgets": [5],
+    "precisions": {"bf16": {"budgets": [5], "n_targets": 2},
+                   "fp32": {"budgets": [5], "n_targets": 2}},
+    "attack": {"batch_size": 25, "seed": 0},
+    "autoattack": {"enabled": True, "seed": 0, "batch_size": 40},
+}
+
+
+def _write_params(repo: Path, suite: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
+    """Stage names DVC actually executed in a `dvc repro` (not the skipped ones)."""
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ("tmifpe", "stages"):
+        shutil.copytree(ROOT / name, repo / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    _write_params(repo, TINY)
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "config", "user.email", "ci@example.invalid")
+    _run(repo, "git", "config", "user.name", "ci")
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "config", "core.analytics", "false")
+    return repo
+
+
+def test_cold_repro_runs_every_stage_then_nothing(repo: Path) -> None:
+    first = _dvc(repo, "repro")
+    stages = set(_dvc(repo, "stage", "list", "--name-only").stdout.split())
+    assert _ran(first) == stages
+    assert {"attack@digits_std-ce-5", "attack@digits_std-tmifpe-5", "aggregate", "report"} <= stages
+    second = _dvc(repo, "repro")
+    assert _ran(second) == set()
+    status = _dvc(repo, "status")
+    assert "up to date" in status.stdout.lower()
+    frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b5.parquet")
+    assert set(frame["precision"]) == {"bf16", "fp32"}
+    assert set(frame["targeted"]) == {False, True}
+    assert frame.height == 2 * 2 * 40
+
+
+def test_editing_one_loss_reruns_only_its_cells(repo: Path) -> None:
+    _dvc(repo, "repro")
+    path = repo / "tmifpe/losses/ce.py"
+    original = path.read_text()
+    path.write_text(original + "\n# touched by test\n")
+    try:
+        proc = _dvc(repo, "repro")
+    finally:
+        path.write_text(original)
+    assert _ran(proc) == {"attack@digits_std-ce-5", "aggregate", "report"}
+    _dvc(repo, "repro")  # back to the original file
+
+
+def test_adding_a_budget_runs_only_new_cells(repo: Path) -> None:
+    _dvc(repo, "repro")
+    suite = json.loads(json.dumps(TINY))
+    suite["budgets"] = [5, 3]
+    suite["precisions"]["fp32"]["budgets"] = [5, 3]
+    _write_params(repo, suite)
+    try:
+        proc = _dvc(repo, "repro")
+    finally:
+        _write_params(repo, TINY)
+    assert _ran(proc) == {"attack@digits_std-ce-3", "attack@digits_std-tmifpe-3",
+                          "aggregate", "report"}
+    # the new cells only ran fp32 (bf16's budget list does not include 3)
+    frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b3.parquet")
+    assert set(frame["precision"]) == {"fp32"}
+
+
+def test_removing_a_loss_leaves_no_stale_results(repo: Path) -> None:
+    suite = json.loads(json.dumps(TINY))
+    suite["losses"] = ["ce"]
+    _write_params(repo, suite)
+    try:
+        _dvc(repo, "repro")
+        robust = pl.read_parquet(repo / "results/aggregate/robust_accuracy.parquet")
+        metrics = json.loads((repo / "results/metrics.json").read_text())
+    finally:
+        _write_params(repo, TINY)
+    assert set(robust["loss"]) == {"ce"}
+    assert "tmifpe" not in json.dumps(metrics)
+    # the stale file is still on disk: the aggregate ignored it because the grid does not list it
+    assert (repo / "results/attack/digits_std/tmifpe/b5.parquet").exists()
+
+
+def test_bad_params_fail_before_work_with_every_problem(repo: Path) -> None:
+    suite = json.loads(json.dumps(TINY))
+    suite["losses"] = ["ce", "focal"]
+    suite["budgets"] = [5, 5]
+    suite["datasets"]["digits"]["eps"] = 0
+    suite["precisions"]["fp8"] = {"budgets": [5]}
+    _write_params(repo, suite)
+    try:
+        proc = _run(repo, sys.executable, "-m", "stages.attack", "--model", "digits_std",
+                    "--loss", "ce", "--budget", "5", check=False)
+    finally:
+        _write_params(repo, TINY)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "Traceback" not in err
+    for needle in ("'focal'", "fp8", "duplicate value 5", "datasets.digits.eps"):
+        assert needle in err, err
