@@ -36,7 +36,7 @@ TINY = {
     "precisions": {"bf16": {"budgets": [5], "n_targets": 2},
                    "fp32": {"budgets": [5], "n_targets": 2}},
     "attack": {"batch_size": 25, "seed": 0},
-    "autoattack": {"enabled": True, "seed": 0, "batch_size": 40},
+    "autoattack": {"seed": 0, "batch_size": 40},
 }
 
 

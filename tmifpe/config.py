@@ -83,7 +83,6 @@ class AttackParams(_Frozen):
 
 
 class AutoAttackParams(_Frozen):
-    enabled: bool = True
     seed: int = 0
     batch_size: int = Field(default=500, ge=1)
 

@@ -160,12 +160,12 @@ def _single_run(
         if k == cfg.steps:
             break
         keep = ~hit
+        if not keep.any():
+            return
         loss = loss_fn(logits, y[live], targets=None if tgt is None else tgt[live])
         (grad,) = torch.autograd.grad(loss[keep.to(loss.device)].sum(), xk)
-        state.bwd[idx[live]] += 1
         live, grad = live[keep], grad[keep.to(grad.device)].float()
-        if live.numel() == 0:
-            return
+        state.bwd[idx[live]] += 1  # frozen rows are outside loss[keep]: no gradient for them
         _count_degenerate(state, idx[live], grad, loss.detach()[keep])
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         eta = step_size(cfg.schedule, k, cfg.steps, cfg.eps)

@@ -28,6 +28,9 @@ from tmifpe.data.integrity import (
 N_TEST = 10_000
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
+N_TRAIN = 60_000
+TRAIN_IMAGES_FILE = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS_FILE = "train-labels-idx1-ubyte.gz"
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension
 _PUBLISHED_MD5: dict[str, str] = dict(MNIST.resources)
@@ -51,22 +54,37 @@ def load_mnist(
         raise ValueError(f"n_examples must be an int in 1..{N_TEST}, got {n_examples!r}")
     if not 1 <= n_examples <= N_TEST:
         raise ValueError(f"n_examples must be in 1..{N_TEST}, got {n_examples}")
-    data_dir = Path(data_dir)
-    paths = {name: _locate(name, data_dir, download) for name in (IMAGES_FILE, LABELS_FILE)}
+    return _load_pair(IMAGES_FILE, LABELS_FILE, n_examples, Path(data_dir), download,
+                      expected_md5)
+
+
+def load_mnist_train(
+    data_dir: Path, *, download: bool = True, expected_md5: Mapping[str, str] | None = None
+) -> tuple[Tensor, Tensor]:
+    """The 60,000 MNIST training points (for the paper suite's own PGD-AT model), same checks."""
+    return _load_pair(TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE, N_TRAIN, Path(data_dir), download,
+                      expected_md5)
+
+
+def _load_pair(
+    images_file: str, labels_file: str, n_examples: int, data_dir: Path, download: bool,
+    expected_md5: Mapping[str, str] | None,
+) -> tuple[Tensor, Tensor]:
+    paths = {name: _locate(name, data_dir, download) for name in (images_file, labels_file)}
     for name, path in paths.items():
         verify_md5(path, expected_md5_for(name, _PUBLISHED_MD5[name], expected_md5))
-    images = _read_idx(paths[IMAGES_FILE], IMAGES_MAGIC, (28, 28))  # (N, 28, 28) uint8
-    labels = _read_idx(paths[LABELS_FILE], LABELS_MAGIC, ())  # (N,) uint8
+    images = _read_idx(paths[images_file], IMAGES_MAGIC, (28, 28))  # (N, 28, 28) uint8
+    labels = _read_idx(paths[labels_file], LABELS_MAGIC, ())  # (N,) uint8
     if images.shape[0] != labels.shape[0]:
         raise DataIntegrityError(
-            f"{paths[IMAGES_FILE]} holds {images.shape[0]} images but "
-            f"{paths[LABELS_FILE]} holds {labels.shape[0]} labels"
+            f"{paths[images_file]} holds {images.shape[0]} images but "
+            f"{paths[labels_file]} holds {labels.shape[0]} labels"
         )
     if labels.size and int(labels.max()) > 9:
-        raise DataIntegrityError(f"{paths[LABELS_FILE]}: label {int(labels.max())} out of 0..9")
+        raise DataIntegrityError(f"{paths[labels_file]}: label {int(labels.max())} out of 0..9")
     if images.shape[0] < n_examples:
         raise DataIntegrityError(
-            f"{paths[IMAGES_FILE]}: holds {images.shape[0]} test points, {n_examples} requested"
+            f"{paths[images_file]}: holds {images.shape[0]} test points, {n_examples} requested"
         )
     x = torch.from_numpy(images[:n_examples].copy()).float().div_(255).unsqueeze(1)  # (N,1,28,28)
     y = torch.from_numpy(labels[:n_examples].astype(np.int64))  # (N,)
