@@ -18,7 +18,9 @@ def main(
 ) -> None:
     def body(suite: SuiteParams) -> None:
         spec = CellSpec(model, parse_loss(loss), budget)
-        if model not in suite.models or spec.loss not in suite.losses or budget not in suite.budgets:
+        in_grid = (model in suite.models and spec.loss in suite.losses
+                   and budget in suite.budgets)
+        if not in_grid:
             raise ValueError(f"cell {spec.name} is not in the grid of suite {suite.name!r}")
         out, timing = spec.outputs()
         ds_key, _ = suite.dataset_of(model)

@@ -57,7 +57,6 @@ def run_autoattack_cell(
     frame = autoattack_frame(result, verdict, x, y, clean_correct, meta)
     write_parquet(frame, out)
     timing = {k: round(v, 4) for k, v in result.wall_time_s.items()}
-    write_json({"wall_time_s": timing, "total_s": round(sum(timing.values()), 4),
-                "n_examples": int(x.shape[0])}, timing_out)
+    write_json({**timing, "total": round(sum(timing.values()), 4)}, timing_out)
     state.unlink(missing_ok=True)
     return frame

@@ -104,7 +104,6 @@ def run_attack_cell(
     ref64 = PrecisionModel(model, Precision.FP64)
     work = work_root / f"{spec.name}-{cell_key(suite, spec, data_path, model_files)}"
     work.mkdir(parents=True, exist_ok=True)
-    loss_fn = get_loss(spec.loss, tstar_rule=suite.attack.tstar_rule)
     units = _units(suite, spec.budget, x_all.shape[0])
     progress = Progress(f"attack {spec.name}", len(units))
     parts, timings = [], []

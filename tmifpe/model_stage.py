@@ -1,8 +1,8 @@
 """The model stage: train the pipeline's own models, or load and fingerprint external ones.
 
 Writes ``models/<key>/manifest.json`` (source, checkpoint sha256, clean accuracy, versions)
-and, for trained models, the state_dict ``models/<key>/model.pt``. Attack cells depend on the manifest,
-so a changed checkpoint re-runs exactly the cells of that model.
+and, for trained models, the state_dict ``models/<key>/model.pt``. Attack cells depend on that
+folder, so a changed checkpoint re-runs exactly the cells of that model.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from tmifpe.config import DatasetParams
-from tmifpe.data.digits import digits_split
 
 N_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 IMAGE_SHAPE = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
@@ -19,6 +18,8 @@ def build_dataset(params: DatasetParams, data_dir: Path) -> dict[str, Tensor]:
     """Tensors for one dataset entry: ``x_test``/``y_test`` (the first ``n_examples`` test
     points in order) and, where the pipeline trains models on it, ``x_train``/``y_train``."""
     if params.source == "digits":
+        from tmifpe.data.digits import digits_split  # sklearn import only where needed
+
         split = digits_split(params.test_size, params.split_seed)
         n = params.n_examples
         if n > split.x_test.shape[0]:

@@ -30,7 +30,9 @@ def load_model(suite: SuiteParams, key: str) -> nn.Module:
     if params.source == "trained":
         path = trained_checkpoint(key)
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: run `dvc repro` (the model stage trains it)")
+            raise FileNotFoundError(
+                f"{path} not found: run `dvc repro` (the model stage trains it)"
+            )
         model = build_small_cnn(params, ds.source)
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
         return model.float().eval()

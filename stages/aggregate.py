@@ -1,0 +1,30 @@
+"""DVC stage `aggregate`: per-example results of the grid -> results/aggregate/ + metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tmifpe.aggregate import aggregate, metrics_json, write_aggregates
+from tmifpe.atomic import write_json
+from tmifpe.config import SuiteParams
+from tmifpe.grid import grid_files, leaderboard, robustbench_ids
+from tmifpe.stage_support import run_stage
+
+
+def main() -> None:
+    def body(suite: SuiteParams) -> None:
+        files = grid_files(suite)
+        tables = aggregate(files.cells, files.autoattack, files.timings,
+                           leaderboard=leaderboard(), model_ids=robustbench_ids(suite))
+        write_aggregates(tables, Path("results/aggregate"))
+        write_json(metrics_json(tables), Path("results/metrics.json"))
+        print(f"aggregate: {len(files.cells)} attack cells, "
+              f"{len(files.autoattack)} AutoAttack runs")
+
+    run_stage(body)
+
+
+if __name__ == "__main__":
+    typer.run(main)
