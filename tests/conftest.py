@@ -19,6 +19,13 @@ from tmifpe.train import TrainConfig, train_model
 from tmifpe.verify import in_threat_model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker() -> Iterator[None]:
+    """pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscription."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """One intra-op thread for the module using it, restored afterwards."""

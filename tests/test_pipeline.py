@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ TINY = {
     "models": ["digits_std"],
     "losses": ["ce", "tmifpe"],
     "budgets": [5],
-    "precisions": {"bf16": {"budgets": [5], "n_targets": 2},
-                   "fp32": {"budgets": [5], "n_targets": 2}},
+    "precisions": {"bf16": {"max_budget": 5, "n_targets": 2},
+                   "fp32": {"n_targets": 2}},
     "attack": {"batch_size": 25, "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
 }
@@ -114,17 +115,16 @@ def test_editing_one_loss_reruns_only_its_cells(repo: Path) -> None:
 def test_adding_a_budget_runs_only_new_cells(repo: Path) -> None:
     _dvc(repo, "repro")
     suite = json.loads(json.dumps(TINY))
-    suite["budgets"] = [5, 3]
-    suite["precisions"]["fp32"]["budgets"] = [5, 3]
+    suite["budgets"] = [5, 8]
     _write_params(repo, suite)
     try:
         proc = _dvc(repo, "repro")
     finally:
         _write_params(repo, TINY)
-    assert _ran(proc) == {"attack@digits_std-ce-3", "attack@digits_std-tmifpe-3",
+    assert _ran(proc) == {"attack@digits_std-ce-8", "attack@digits_std-tmifpe-8",
                           "aggregate", "report"}
-    # the new cells only ran fp32 (bf16's budget list does not include 3)
-    frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b3.parquet")
+    # the new cells only ran fp32 (bf16 is capped at budget 5)
+    frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b8.parquet")
     assert set(frame["precision"]) == {"fp32"}
 
 
@@ -149,7 +149,7 @@ def test_bad_params_fail_before_work_with_every_problem(repo: Path) -> None:
     suite["losses"] = ["ce", "focal"]
     suite["budgets"] = [5, 5]
     suite["datasets"]["digits"]["eps"] = 0
-    suite["precisions"]["fp8"] = {"budgets": [5]}
+    suite["precisions"]["fp8"] = {"n_targets": 1}
     _write_params(repo, suite)
     try:
         proc = _run(repo, sys.executable, "-m", "stages.attack", "--model", "digits_std",
@@ -161,3 +161,28 @@ def test_bad_params_fail_before_work_with_every_problem(repo: Path) -> None:
     assert "Traceback" not in err
     for needle in ("'focal'", "fp8", "duplicate value 5", "datasets.digits.eps"):
         assert needle in err, err
+
+
+def test_sigkill_then_rerun_resumes_and_is_byte_identical(repo: Path) -> None:
+    _dvc(repo, "repro")
+    out = repo / "results/attack/digits_std/tmifpe/b5.parquet"
+    reference = out.read_bytes()
+    out.unlink()
+    cmd = [sys.executable, "-m", "stages.attack", "--model", "digits_std", "--loss", "tmifpe",
+           "--budget", "5"]
+    work = repo / ".tmifpe-work/checkpoints"
+    proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    units: list[Path] = []
+    try:
+        while proc.poll() is None and len(units) < 2:
+            units = list(work.glob("digits_std-tmifpe-5-*/*.pt"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    assert units and not out.exists()
+    resumed = _run(repo, *cmd)
+    assert resumed.stderr.count("(resumed)") >= len(units)
+    assert out.read_bytes() == reference
+    assert not list(work.glob("digits_std-tmifpe-5-*"))  # checkpoints removed once complete

@@ -109,7 +109,8 @@ def run_attack_cell(
     parts, timings = [], []
     for prec, targeted, start, stop in units:
         path = work / f"{prec.value}-{'t' if targeted else 'u'}-{start}.pt"
-        if not path.exists():
+        resumed = path.exists()
+        if not resumed:
             unit = _run_unit(suite, spec, prec, targeted, model, (ref32, ref64),
                              x_all[start:stop], y_all[start:stop], start, device)
             _save_unit(unit, path)
@@ -119,7 +120,7 @@ def run_attack_cell(
                         "n_examples": stop - start, "n_attacked": int(unit["n_attacked"]),
                         "wall_time_s": round(float(unit["wall_time_s"]), 4)})
         progress.step(f"{prec.value} {'targeted' if targeted else 'untargeted'} "
-                      f"points {start}-{stop - 1}")
+                      f"points {start}-{stop - 1}" + (" (resumed)" if resumed else ""))
     frame = pl.concat(parts).sort(["precision", "targeted", "example"])
     write_parquet(frame, out)
     write_json(timings, timing_out)

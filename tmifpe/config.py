@@ -61,7 +61,9 @@ class ModelParams(_Frozen):
 
 
 class PrecisionParams(_Frozen):
-    budgets: list[int] = Field(min_length=1)  # subset of the grid's budgets run at this dtype
+    # Budgets above this are not run at this dtype (None: all). A cap rather than a list, so that
+    # adding a budget to the grid leaves the params of the existing cells unchanged.
+    max_budget: int | None = Field(default=None, ge=1)
     n_targets: int = Field(default=9, ge=0, le=99)  # 0: no targeted attack at this dtype
     n_examples: int | None = Field(default=None, gt=0)  # first n of the dataset's points
 
@@ -116,7 +118,8 @@ class SuiteParams(_Frozen):
 
     def precisions_for_budget(self, budget: int) -> list[Precision]:
         order = list(Precision)
-        return sorted((p for p, pp in self.precisions.items() if budget in pp.budgets),
+        return sorted((p for p, pp in self.precisions.items()
+                       if pp.max_budget is None or budget <= pp.max_budget),
                       key=order.index)
 
 
@@ -142,11 +145,12 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
         elif as_dict(zoo[key]).get("dataset") not in datasets:
             ds = as_dict(zoo[key]).get("dataset")
             problems.append(f"model_zoo.{key}.dataset: {ds!r} is not in datasets")
+    ints = [b for b in budgets if isinstance(b, int)]
     for prec, pp in as_dict(raw.get("precisions")).items():
-        pbud = as_list(as_dict(pp).get("budgets"))
-        problems += _duplicates(f"precisions.{prec}.budgets", pbud)
-        problems += [f"precisions.{prec}.budgets: {b!r} is not in budgets {budgets}"
-                     for b in pbud if b not in budgets]
+        cap = as_dict(pp).get("max_budget")
+        if isinstance(cap, int) and ints and cap < min(ints):
+            problems.append(f"precisions.{prec}.max_budget: {cap} is below every budget "
+                            f"{budgets}: that precision would run nothing")
     return problems
 
 
@@ -167,7 +171,8 @@ class ParamsError(ValueError):
 def _format_errors(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        loc = "active." + ".".join(str(p) for p in e["loc"]) if e["loc"] else "active"
+        parts = [str(p) for p in e["loc"] if p != "[key]"]  # pydantic marks bad dict keys
+        loc = ".".join(["active", *parts])
         msg = e["msg"].removeprefix("Value error, ")
         bad = e.get("input")
         shown = "" if isinstance(bad, dict) else f" got {bad!r}:"
