@@ -39,6 +39,8 @@ class DatasetParams(_Frozen):
     eps: float = Field(gt=0.0, le=1.0)
     test_size: float = Field(default=0.25, gt=0.0, lt=1.0)  # digits only
     split_seed: int = 0  # digits only
+    # file name -> MD5 to require instead of the published one (a re-packed or staged copy)
+    md5: dict[str, str] | None = None
 
 
 class ModelParams(_Frozen):

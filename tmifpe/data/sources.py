@@ -31,12 +31,12 @@ def build_dataset(params: DatasetParams, data_dir: Path) -> dict[str, Tensor]:
     if params.source == "mnist":
         from tmifpe.data.mnist import load_mnist, load_mnist_train
 
-        x, y = load_mnist(params.n_examples, data_dir)
-        x_tr, y_tr = load_mnist_train(data_dir)
+        x, y = load_mnist(params.n_examples, data_dir, expected_md5=params.md5)
+        x_tr, y_tr = load_mnist_train(data_dir, expected_md5=params.md5)
         return {"x_train": x_tr, "y_train": y_tr, "x_test": x, "y_test": y}
     from tmifpe.data.cifar import load_cifar
 
-    x, y = load_cifar(params.source, params.n_examples, data_dir)
+    x, y = load_cifar(params.source, params.n_examples, data_dir, expected_md5=params.md5)
     return {"x_test": x, "y_test": y}
 
 
