@@ -45,6 +45,7 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
     if params.source == "trained":
         if "x_train" not in tensors:
             raise ValueError(f"dataset {ds_key!r} has no training split to train {key!r} on")
+        torch.manual_seed(params.seed)  # the initial weights are part of the seeded result
         model = build_small_cnn(params, ds.source)
         cfg = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                           seed=params.seed, adv_eps=params.adv_eps, adv_steps=params.adv_steps)
