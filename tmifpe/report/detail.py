@@ -12,6 +12,7 @@ from tmifpe.report.views import (
     HEADLINE_PRECISION,
     attack_name,
     attack_rank,
+    common_budgets,
     model_label,
     models,
     precision_rank,
@@ -117,8 +118,11 @@ def cost_table(tables: dict) -> Table:
 
 def precision_table(tables: dict) -> Table:
     keys = ["suite", "dataset", "model"]
-    largest = tables["robust_accuracy"].group_by(keys).agg(pl.col("budget").max())
-    frame = tables["precision_effect"].join(largest, on=[*keys, "budget"], how="semi")
+    common = common_budgets(tables["robust_accuracy"])
+    largest = pl.DataFrame([(*k, b) for k, b in common.items()],
+                           schema=[*keys, "budget"], orient="row")
+    frame = (tables["precision_effect"].join(largest, on=[*keys, "budget"], how="semi")
+             if common else tables["precision_effect"].clear())
     rows = _rows(frame, tables, lambda r, m: (
         m, attack_name(r["loss"], r["targeted"]), str(r["budget"]), r["precision"],
         pct(r["robust_acc"]), pp(r["delta_vs_fp64_pp"]), str(r["n_false_success"]),
@@ -126,8 +130,8 @@ def precision_table(tables: dict) -> Table:
         str(r["nonfinite_steps"])))
     return _table(
         "precision-detail", "Precision effects",
-        "At each model's largest budget. Δ vs fp64 = robust accuracy minus that of the fp64 "
-        "attack (pp). False successes: the attack claimed success in its precision but the "
+        "At the largest budget every precision ran. Δ vs fp64 = robust accuracy minus that of "
+        "the fp64 attack (pp). False successes: the attack claimed success in its precision but the "
         "fp32 check rejected it. Zero-grad fraction = zero-gradient steps / backward passes.",
         [("Model", False), ("Attack", False), ("N", True), ("Precision", False),
          ("Robust %", True), ("Δ vs fp64 (pp)", True), ("False successes", True),

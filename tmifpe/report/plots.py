@@ -18,7 +18,7 @@ from tmifpe.report.views import (
     LOSS_ORDER,
     attack_rank,
     attacks,
-    max_budgets,
+    common_budgets,
     model_label,
     models,
     precision_rank,
@@ -206,9 +206,10 @@ def iterations_figure(tables: dict) -> Figure:
 
 
 def precision_figure(tables: dict) -> Figure:
-    """Grouped bars: robust accuracy of each attack at each precision, largest budget."""
+    """Grouped bars: robust accuracy of each attack at each precision, at the largest budget
+    every precision ran."""
     ra = tables["robust_accuracy"]
-    budgets = max_budgets(ra)
+    budgets = common_budgets(ra)
     precisions = sorted(ra["precision"].unique().to_list(), key=precision_rank)
     panels = []
     for label, m, part in _by_model(ra, tables):
@@ -238,8 +239,8 @@ def precision_figure(tables: dict) -> Figure:
     legend = tuple(LegendItem(p, PRECISION_COLORS.get(p, AA_COLOR), "box") for p in precisions)
     return Figure(
         "fig-precision", "Precision comparison",
-        "Robust accuracy (fp32 verdict) by the precision the attack ran in, at each model's "
-        "largest budget (-T: targeted).", legend, tuple(panels))
+        "Robust accuracy (fp32 verdict) by the precision the attack ran in, at the largest "
+        "budget every precision ran (-T: targeted).", legend, tuple(panels))
 
 
 def cost_figure(tables: dict) -> Figure:

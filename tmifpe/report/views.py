@@ -87,6 +87,17 @@ def max_budgets(frame: pl.DataFrame) -> dict[Model, int]:
     return {(s, d, m): b for s, d, m, b in top.iter_rows()}
 
 
+def common_budgets(frame: pl.DataFrame) -> dict[Model, int]:
+    """Per model, the largest budget that every precision of that model ran (so a precision
+    capped at a smaller budget, e.g. fp16 on CPU, is still compared like for like)."""
+    keys = ["suite", "dataset", "model"]
+    n_prec = frame.group_by(keys).agg(pl.col("precision").n_unique().alias("n_prec"))
+    per_budget = frame.group_by([*keys, "budget"]).agg(pl.col("precision").n_unique().alias("n"))
+    top = (per_budget.join(n_prec, on=keys).filter(pl.col("n") == pl.col("n_prec"))
+           .group_by(keys).agg(pl.col("budget").max()))
+    return {(s, d, m): b for s, d, m, b in top.iter_rows()}
+
+
 def percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
@@ -152,10 +163,10 @@ def main_grid(tables: dict[str, pl.DataFrame]) -> Grid:
 
 
 def precision_grid(tables: dict[str, pl.DataFrame]) -> Grid:
-    """Attacks × precisions per model at the model's largest budget."""
+    """Attacks × precisions per model at the largest budget every precision ran."""
     ra = tables["robust_accuracy"]
     precisions = sorted(ra["precision"].unique().to_list(), key=precision_rank)
-    budgets = max_budgets(ra)
+    budgets = common_budgets(ra)
     acc = {(s, d, m, lo, t, p, b): v for s, d, m, lo, t, p, b, v in ra.select(
         "suite", "dataset", "model", "loss", "targeted", "precision", "budget", "robust_acc"
     ).iter_rows()}
@@ -169,7 +180,8 @@ def precision_grid(tables: dict[str, pl.DataFrame]) -> Grid:
         key="precision",
         title="Robust accuracy by attack precision",
         caption=("Robust accuracy (%) by the precision of model and loss during the attack "
-                 "(verdict re-verified at fp32), at each model's largest budget N; lowest value "
+                 "(verdict re-verified at fp32), at the largest budget N that every precision "
+                 "ran for that model; lowest value "
                  "per column and model in bold."),
         corner="Attack",
         columns=tuple(precisions),
