@@ -132,7 +132,8 @@ def precision_table(tables: dict) -> Table:
         "precision-detail", "Precision effects",
         "At the largest budget every precision ran. Δ vs fp64 = robust accuracy minus that of "
         "the fp64 attack (pp). False successes: the attack claimed success in its precision "
-        "but the fp32 check rejected it. Zero-grad fraction = zero-gradient steps / backward passes.",
+        "but the fp32 check rejected it. Zero-grad fraction = zero-gradient steps / backward "
+        "passes.",
         [("Model", False), ("Attack", False), ("N", True), ("Precision", False),
          ("Robust %", True), ("Δ vs fp64 (pp)", True), ("False successes", True),
          ("fp32 ≠ fp64", True), ("Zero-grad fraction", True), ("Non-finite steps", True)], rows)
