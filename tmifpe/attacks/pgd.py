@@ -166,7 +166,7 @@ def _single_run(
         (grad,) = torch.autograd.grad(loss[keep.to(loss.device)].sum(), xk)
         live, grad = live[keep], grad[keep.to(grad.device)].float()
         state.bwd[idx[live]] += 1  # frozen rows are outside loss[keep]: no gradient for them
-        _count_degenerate(state, idx[live], grad, loss.detach()[keep])
+        _count_degenerate(state, idx[live], grad, loss.detach()[keep.to(loss.device)])
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         eta = step_size(cfg.schedule, k, cfg.steps, cfg.eps)
         alpha = 1.0 if k == 0 else cfg.momentum
@@ -194,5 +194,6 @@ def _record_success(
 def _count_degenerate(state: _State, rows: Tensor, grad: Tensor, loss: Tensor) -> None:
     flat = grad.flatten(1)
     finite = torch.isfinite(flat).all(dim=1) & torch.isfinite(loss)
-    state.nonfinite[rows] += (~finite).long()
-    state.zero[rows] += (finite & (flat == 0).all(dim=1)).long()
+    zero = finite & (flat == 0).all(dim=1)
+    state.nonfinite[rows] += (~finite).long().cpu()  # counters live on the CPU
+    state.zero[rows] += zero.long().cpu()
