@@ -44,8 +44,9 @@ EPS = 1e-4  # l∞ radius (pixels): tiny against a top-2 gap >= MIN_MARGIN, so n
 MIN_MARGIN = 1.0  # fp32 top-2 logit gap a point needs to be used
 DIGITS, RESNET = "digits SmallCNN", "CIFAR-10 ResNet-18"
 FWD, BARE, APGD, TSTAR = "bare fwd (no grad)", "bare fwd+bwd", "APGD-CE iter", "t* solve"
-FP16_NOTE = "fp16 CPU kernels ~15x slower than fp32: batch 8, 2 steps, 2 repeats"
-_FP32, _FP16 = Precision.FP32, Precision.FP16
+FP16, BF16, FP32, FP64 = Precision.FP16, Precision.BF16, Precision.FP32, Precision.FP64
+FP16_SLOW = "fp16 CPU kernels are ~15x slower than fp32"
+FP64_SLOW = "fp64 convolutions are ~17x slower than fp32 on this CPU"
 
 
 def pgd_what(loss: LossName) -> str:
@@ -73,15 +74,29 @@ class Plan:
     warmup: int = 1
 
 
+def _reduced(model: str, prec: Precision, batch: int, steps: int, repeats: int,
+             why: str) -> Workload:
+    note = f"{why}: batch {batch}, {steps} steps, {repeats} repeats"
+    return Workload(model, prec, batch, steps, repeats, note)
+
+
 def make_plan(quick: bool) -> Plan:
+    """Sizes chosen so a full run takes ~8 min on 2 cores (fp16/fp64 blocks reduced, noted)."""
     if quick:  # smoke mode: every kind of row, tiny sizes
         work = [Workload(DIGITS, p, 64, 2, 1) for p in Precision]
-        work.append(Workload(RESNET, _FP32, 2, 1, 1))
+        work.append(Workload(RESNET, FP32, 2, 1, 1))
         return Plan("quick", tuple(work), ((10, 64), (100, 16), (1000, 4)), 1)
-    work = [Workload(DIGITS, p, 360, 20, 7) for p in Precision]
-    work += [Workload(RESNET, p, 32, 4, 3) for p in (_FP32, Precision.BF16, Precision.FP64)]
-    work.append(Workload(RESNET, _FP16, 8, 2, 2, FP16_NOTE))
-    return Plan("full", tuple(work), ((10, 4096), (100, 1024), (1000, 256)), 5)
+    work = (
+        Workload(DIGITS, FP32, 360, 20, 7),
+        Workload(DIGITS, BF16, 360, 20, 7),
+        _reduced(DIGITS, FP64, 360, 10, 5, "fp64 is ~3x slower than fp32"),
+        _reduced(DIGITS, FP16, 64, 5, 3, FP16_SLOW),
+        Workload(RESNET, FP32, 32, 10, 5),
+        Workload(RESNET, BF16, 32, 10, 5),
+        _reduced(RESNET, FP64, 32, 2, 2, FP64_SLOW),
+        _reduced(RESNET, FP16, 8, 2, 2, FP16_SLOW),
+    )
+    return Plan("full", work, ((10, 4096), (100, 1024), (1000, 256)), 5)
 
 
 @dataclass(frozen=True)
@@ -208,7 +223,7 @@ def bench_workload(model: nn.Module, x: Tensor, y: Tensor, w: Workload, warmup: 
                                            BARE: partial(_fwd_bwd, pm, x, y)}
     cases.update({pgd_what(loss): partial(_pgd, pm, x, y, loss, cfg) for loss in LossName})
     cases[TSTAR] = partial(_tstar, logits, y)
-    if w.precision is _FP32:
+    if w.precision is FP32:
         cases[APGD] = partial(_apgd, pm, x, y, w.steps)
     med, short = time_round_robin(cases, w.repeats, warmup)
     s = w.steps

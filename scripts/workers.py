@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tmifpe import workers as W  # noqa: E402
+from tmifpe import workers as W
 
 
 @dataclass
@@ -105,9 +105,11 @@ def _devices(spec: str | None) -> list[str]:
 def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) -> list[Worker]:
     devices = _devices(args.devices)
     n = min(args.workers or len(devices) or 2, len(todo))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // n)
-    if W.threads_tracked(repo):
-        threads = 0
+    asked = _suite_threads(repo)
+    threads = args.threads or min(asked, max(1, (os.cpu_count() or 1) // n))
+    if threads != asked and W.threads_tracked(repo):
+        print(f"note: `threads` is a DVC param here: workers keep threads={asked}")
+        threads = asked
     files, cache, opts = W.visible_files(repo), W.cache_dir(repo), W.cache_options(repo)
     root = repo / args.workdir
     pool = []
@@ -115,16 +117,15 @@ def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) 
         ws = root / f"w{i}"
         W.sync_workspace(repo, ws, files)
         W.configure_workspace(ws, cache, opts)
-        extra = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-        if args.threads or threads and _suite_threads(repo) > threads:
-            W.set_threads(ws, threads)
-        else:
-            extra = {}
+        if threads != asked:
+            W.set_threads(ws, threads)  # not a DVC param: the run-cache keys do not change
+        extra = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         if devices:
             extra["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
         pool.append(Worker(i, ws, W.dvc_env(extra), root / f"w{i}.log"))
-        note = ", ".join(f"{k}={v}" for k, v in extra.items()) or "environment unchanged"
-        print(f"[w{i}] {ws.relative_to(repo)} (cache {cache}; {note})", flush=True)
+        note = ", ".join(f"{k}={v}" for k, v in extra.items())
+        print(f"[w{i}] {ws.relative_to(repo)}: threads {threads}, {note}", flush=True)
+    print(f"shared cache: {cache}", flush=True)
     jobs: queue.Queue[str] = queue.Queue()
     for cell in W.cost_order(todo):
         jobs.put(cell)
@@ -139,8 +140,9 @@ def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) 
     for t in threads_:
         t.start()
     try:
-        while any(t.is_alive() for t in threads_):
-            threads_[0].join(0.5) if threads_[0].is_alive() else time.sleep(0.5)
+        for t in threads_:
+            while t.is_alive():
+                t.join(0.5)
     except KeyboardInterrupt:
         stop.set()
         say("interrupted: stopping the workers (finished units are kept, a rerun resumes)")

@@ -103,6 +103,9 @@ def run_attack_cell(
     ref32 = PrecisionModel(model, Precision.FP32)
     ref64 = PrecisionModel(model, Precision.FP64)
     work = work_root / f"{spec.name}-{cell_key(suite, spec, data_path, model_files)}"
+    for stale in work_root.glob(f"{spec.name}-*"):  # checkpoints of changed inputs are useless
+        if stale != work:
+            shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     units = _units(suite, spec.budget, x_all.shape[0])
     progress = Progress(f"attack {spec.name}", len(units))
