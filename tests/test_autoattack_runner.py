@@ -232,3 +232,24 @@ def test_config_rejects_bad_values():
         AAConfig(eps=0.1, batch_size=0)
     with pytest.raises(ValueError, match="standard"):
         AAConfig(eps=0.1, version="plus")
+
+
+def test_later_attacks_skip_when_every_point_is_broken():
+    """A non-robust model: APGD-CE breaks every point; the rest of the cascade has no batch."""
+    class NoEmptyBatch(nn.Module):  # like ResNet's `view(n, -1)`, fails on 0 rows
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+        def forward(self, x):
+            assert x.shape[0] > 0, "model called on an empty batch"
+            return self.net(x)
+
+    torch.manual_seed(0)
+    model = NoEmptyBatch().eval()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = run_autoattack(model, x, y, AAConfig(eps=1.0, batch_size=3))
+    assert res.broken_by == ["apgd-ce"] * 6
+    assert not res.robust_after["square"].any()

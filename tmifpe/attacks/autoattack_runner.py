@@ -209,7 +209,9 @@ def _run_stage(
     """All batches of one attack; units before the saved cursor are skipped."""
     robust = st["robust"]
     before = st["clean_correct"] if stage == 0 else robust[stage - 1]
-    batches = before.nonzero().squeeze(1).split(int(st["meta"]["batch_size"]))
+    # Tensor.split of an empty tensor yields one empty chunk: no point left means no batch.
+    batches = [b for b in before.nonzero().squeeze(1).split(int(st["meta"]["batch_size"]))
+               if b.numel()]
     for b, idx in enumerate(batches):
         if (stage, b) < tuple(st["cursor"]):
             continue
