@@ -107,6 +107,7 @@ class Row:
     what: str
     seconds_per_iter: float  # median over repeats, divided as ``divisor`` says
     ratio_vs_bare: float  # seconds_per_iter / bare fwd+bwd of the same model, precision, batch
+    call_seconds: float  # median wall seconds of one whole call, before dividing
     divisor: str
     steps: int
     repeats: int
@@ -236,8 +237,8 @@ def bench_workload(model: nn.Module, x: Tensor, y: Tensor, w: Workload, warmup: 
     if APGD in med:
         per_iter[APGD] = ((med[APGD] - med[FWD]) / (s + 1),
                           f"(perturb wall - 1 no-grad fwd) / {s + 1} [{s + 1} fwd+bwd]")
-    return [Row(w.model, w.precision.value, w.batch, what, sec, sec / med[BARE], div, s,
-                w.repeats, short[what], w.note) for what, (sec, div) in per_iter.items()]
+    return [Row(w.model, w.precision.value, w.batch, what, sec, sec / med[BARE], med[what], div,
+                s, w.repeats, short[what], w.note) for what, (sec, div) in per_iter.items()]
 
 
 def tstar_throughput(sizes: tuple[tuple[int, int], ...], repeats: int, warmup: int) -> list[dict]:

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """Run the attack cells on several workers that share one DVC cache; show what is done.
 
-  python scripts/workers.py run [--workers 2] [--glob 'attack@*'] [--shard i/n]
-                                [--devices cuda:0,cuda:1] [--threads N] [--pull] [--push]
-                                [--no-finish] [--keep]
+  python scripts/workers.py run [--workers 2] [--glob 'attack@*'] [--shard i/n] [--pull] [--push]
+                                [--devices cuda:0,cuda:1] [--threads N] [--no-finish] [--keep]
   python scripts/workers.py status [--glob ...] [--json]
   python scripts/workers.py plan [--glob ...] [--shard i/n]     # cell names, one per line
 
@@ -38,16 +37,12 @@ from tmifpe import workers as W
 
 @dataclass
 class Worker:
-    index: int
+    name: str
     path: Path
     env: dict[str, str]
     log: Path
     results: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"w{self.index}"
 
     def dvc(self, *args: str, cell: str | None = None) -> tuple[int, str]:
         """Run dvc in this workspace, output appended to the worker's log; (code, output)."""
@@ -105,7 +100,7 @@ def _devices(spec: str | None) -> list[str]:
 def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) -> list[Worker]:
     devices = _devices(args.devices)
     n = min(args.workers or len(devices) or 2, len(todo))
-    asked = _suite_threads(repo)
+    asked = W.suite_threads(repo)
     threads = args.threads or min(asked, max(1, (os.cpu_count() or 1) // n))
     if threads != asked and W.threads_tracked(repo):
         print(f"note: `threads` is a DVC param here: workers keep threads={asked}")
@@ -116,13 +111,13 @@ def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) 
     for i in range(n):
         ws = root / f"w{i}"
         W.sync_workspace(repo, ws, files)
-        W.configure_workspace(ws, cache, opts)
+        W.configure_workspace(repo, ws, cache, opts)
         if threads != asked:
             W.set_threads(ws, threads)  # not a DVC param: the run-cache keys do not change
         extra = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         if devices:
             extra["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
-        pool.append(Worker(i, ws, W.dvc_env(extra), root / f"w{i}.log"))
+        pool.append(Worker(f"w{i}", ws, W.dvc_env(extra), root / f"w{i}.log"))
         note = ", ".join(f"{k}={v}" for k, v in extra.items())
         print(f"[w{i}] {ws.relative_to(repo)}: threads {threads}, {note}", flush=True)
     print(f"shared cache: {cache}", flush=True)
@@ -151,15 +146,11 @@ def _pool(repo: Path, args: argparse.Namespace, up: list[str], todo: list[str]) 
                 os.killpg(w.proc.pid, signal.SIGINT)
         for t in threads_:
             t.join(60)
+        for w in pool:
+            if w.proc and w.proc.poll() is None:
+                os.killpg(w.proc.pid, signal.SIGKILL)
         raise
     return pool
-
-
-def _suite_threads(repo: Path) -> int:
-    import yaml
-
-    active = (yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("active") or {}
-    return int(active.get("threads", 1)) if isinstance(active, dict) else 1
 
 
 def cmd_run(repo: Path, args: argparse.Namespace) -> int:
@@ -178,8 +169,6 @@ def cmd_run(repo: Path, args: argparse.Namespace) -> int:
         if code != 0:
             return code
     state = W.classify(repo, cells)
-    if state is None:
-        raise SystemExit("`dvc repro --dry` failed here: is another DVC command running?")
     todo = [c for c in cells if state[c] == "missing"]
     counts = {s: sum(v == s for v in state.values()) for s in ("done", "cached", "missing")}
     print(f"{len(cells)} cells: {counts['missing']} to compute, {counts['cached']} already in "
@@ -224,8 +213,12 @@ def cmd_status(repo: Path, args: argparse.Namespace) -> int:
     partial: dict[str, str] = {}
     for name, ws in spaces:
         for cell, units in W.checkpoints(ws).items():
-            partial[cell] = f"{name}" + ("" if units is None else f", {units} units saved")
-    dry = W.classify(repo, cells)
+            partial.setdefault(cell, name + ("" if units is None else f", {units} units saved"))
+    try:
+        dry: dict[str, str] | None = W.classify(repo, cells)
+    except Exception as err:  # e.g. dvc.lock being rewritten by a running `dvc repro`
+        print(f"note: DVC could not classify the cells here ({err})", file=sys.stderr)
+        dry = None
     rows = {}
     for c in cells:
         if c in run:
@@ -247,7 +240,7 @@ def cmd_status(repo: Path, args: argparse.Namespace) -> int:
         print(f"{c:<{width}}  {s:<8} {where}".rstrip())
     print(" · ".join(f"{k} {v}" for k, v in counts.items() if v) + f" (of {len(cells)})")
     if dry is None:
-        print("main workspace busy (DVC lock held): done/cached unknown, try again")
+        print("done/cached unknown (see the note above): try again")
     return 0
 
 
@@ -260,6 +253,10 @@ def cmd_plan(repo: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-C", "--repo", type=Path, default=Path("."), help="DVC repo root")
@@ -269,16 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--glob", action="append",
                        help="stage-name glob, repeatable (default: attack@* and autoattack@*)")
         p.add_argument("--workdir", type=Path, default=W.WORKDIR, help="worker copies")
-        if name != "status":
-            p.add_argument("--shard", help="i/n: this machine's share of the selected cells")
         if name == "status":
             p.add_argument("--json", action="store_true")
+        else:
+            p.add_argument("--shard", help="i/n: this machine's share of the selected cells")
         if name == "run":
             p.add_argument("--workers", type=int, help="default: one per device, else 2")
             p.add_argument("--devices", help="e.g. cuda:0,cuda:1 (CUDA_VISIBLE_DEVICES each)")
-            p.add_argument("--threads", type=int,
-                           help="threads per worker (default: cores / workers when fewer than "
-                                "params.yaml asks)")
+            p.add_argument("--threads", type=int, help="per worker (default: min(params, "
+                           "cores / workers))")
             p.add_argument("--pull", action="store_true",
                            help="dvc repro --pull: take upstream/cells from the remote run-cache")
             p.add_argument("--push", action="store_true", help="then dvc push --run-cache")
@@ -289,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = args.repo.resolve()
     if not (repo / ".dvc").is_dir():
         raise SystemExit(f"{repo} is not a DVC repository root")
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: stop the workers, keep checkpoints
     try:
         return {"run": cmd_run, "status": cmd_status, "plan": cmd_plan}[args.cmd](repo, args)
     except W.WorkerError as err:

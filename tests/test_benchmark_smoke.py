@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "attack_step.py"
 LOSSES = ("ce", "cw", "dlr", "mifpe", "tmifpe")
 ROW_KEYS = {"model", "precision", "batch", "what", "seconds_per_iter", "ratio_vs_bare",
-            "divisor", "steps", "repeats", "short_examples", "note"}
+            "call_seconds", "divisor", "steps", "repeats", "short_examples", "note"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_row_values(run):
     for r in report["rows"]:
         assert math.isfinite(r["seconds_per_iter"]) and r["seconds_per_iter"] > 0, r
         assert math.isfinite(r["ratio_vs_bare"]) and r["ratio_vs_bare"] > 0, r
+        assert r["call_seconds"] >= r["seconds_per_iter"], r
         assert r["short_examples"] == 0, r  # eps 1e-4 on confident points: nothing flips
         if r["what"] == "bare fwd+bwd":
             assert r["ratio_vs_bare"] == 1.0

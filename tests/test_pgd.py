@@ -271,6 +271,15 @@ def test_run_pgd_rejects_bad_inputs(batch):
         run_pgd(model, x.double(), y, CE, PGDConfig(eps=0.1, steps=1))
     with pytest.raises(ValueError, match="needs targets"):
         run_pgd(model, x, y, CE, PGDConfig(eps=0.1, steps=1, targeted=True))
+    with pytest.raises(ValueError, match=r"label 10 out of range.*expected 0\.\.9"):
+        run_pgd(model, x, torch.full_like(y, 10), CE, PGDConfig(eps=0.1, steps=1))
+    with pytest.raises(ValueError, match="label -1 out of range"):
+        run_pgd(model, x, torch.full_like(y, -1), CE, PGDConfig(eps=0.1, steps=1))
+    with pytest.raises(ValueError, match="target 12 out of range"):
+        run_pgd(model, x, y, CE, PGDConfig(eps=0.1, steps=1, targeted=True, n_targets=1),
+                targets=torch.full((len(y), 1), 12))
+    with pytest.raises(ValueError, match="labels must be int64 of shape"):
+        run_pgd(model, x, y[:-1], CE, PGDConfig(eps=0.1, steps=1))
 
 
 def test_determinism(batch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +28,6 @@ DEFAULT_GLOBS = ("attack@*", "autoattack@*")
 WORKDIR = Path(".tmifpe-work/workers")
 RAN = re.compile(r"Running stage '([^']+)'")
 CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
-UNCHANGED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 MANIFEST = ".tmifpe-worker-files"  # files copied from the main workspace (stale ones get removed)
 STATE = ".tmifpe-worker.json"  # the cell a worker is running: {"cell", "pid", "started"}
 # resumable work of tmifpe/cell.py and tmifpe/autoattack_cell.py (their WORK_ROOT)
@@ -68,8 +68,6 @@ def dvc_echo(repo: Path, *args: str) -> tuple[int, str]:
         lines.append(line)
     return proc.wait(), "".join(lines)
 
-
-# ---- which cells ---------------------------------------------------------------------------
 
 def stage_names(repo: Path) -> list[str]:
     return dvc(repo, "stage", "list", "--name-only").stdout.split()
@@ -112,17 +110,35 @@ def upstream(repo: Path, cells: Sequence[str]) -> list[str]:
     return sorted(seen - set(cells))
 
 
-def classify(repo: Path, cells: Sequence[str]) -> dict[str, str] | None:
-    """done (up to date here) / cached (``dvc repro`` restores it) / missing, from a dry run.
+def classify(repo: Path, cells: Sequence[str]) -> dict[str, str]:
+    """done (up to date here) / cached (``dvc repro`` would restore it) / missing.
 
-    None when DVC cannot answer (e.g. another DVC command holds the workspace's lock)."""
-    if not cells:
-        return {}
-    proc = dvc(repo, "repro", "--dry", "-s", *cells, check=False)
-    if proc.returncode != 0:
-        return None
-    done, cached = set(UNCHANGED.findall(proc.stdout)), set(CACHED.findall(proc.stdout))
-    return {c: "done" if c in done else "cached" if c in cached else "missing" for c in cells}
+    Asked of DVC in-process with the checks `dvc status` and `dvc repro` make: stage, deps and
+    outs against dvc.lock; then the deps hashed and `StageCache.restore(dry=True)` (a run-cache
+    entry whose outputs are in the cache). `dvc repro --dry` cannot tell the latter: it does not
+    hash the deps, so it never finds a run-cache entry. Read-only and without the repo lock
+    (`Stage.changed` asserts it is held), so a DVC command running here is not disturbed.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # not its "is cached - skipping" lines
+    state: dict[str, str] = {}
+    with Repo(os.fspath(repo)) as r:
+        stages = {s.addressing: s for s in r.index.stages}
+        for cell in cells:
+            stage = stages[cell]
+            try:
+                if not (stage.changed_stage() or any(d.status() for d in stage.deps)
+                        or any(o.status() for o in stage.outs)):
+                    state[cell] = "done"
+                    continue
+                stage.save_deps()  # hashes in memory (nothing is written)
+                r.stage_cache.restore(stage, dry=True)
+                state[cell] = "cached"
+            except DvcException:  # RunCacheNotFoundError, missing deps
+                state[cell] = "missing"
+    return state
 
 
 # ---- worker workspaces ---------------------------------------------------------------------
@@ -148,19 +164,18 @@ def visible_files(repo: Path) -> list[str]:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    if src.is_symlink():
-        target = os.readlink(src)
-        if dst.is_symlink() and os.readlink(dst) == target:
-            return
-    elif dst.is_file() and not dst.is_symlink():
+    link = os.readlink(src) if src.is_symlink() else None
+    if link is not None and dst.is_symlink() and os.readlink(dst) == link:
+        return
+    if link is None and dst.is_file() and not dst.is_symlink():
         a, b = src.stat(), dst.stat()
         if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns):
             return
     if os.path.lexists(dst):
         dst.unlink()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
+    if link is not None:
+        os.symlink(link, dst)
     else:
         shutil.copy2(src, dst)
 
@@ -177,12 +192,19 @@ def sync_workspace(repo: Path, ws: Path, files: Sequence[str]) -> None:
     manifest.write_text("\0".join(files))
 
 
-def configure_workspace(ws: Path, cache: Path, options: dict[str, str]) -> None:
-    """Local config: no git (the copy has none), the shared cache and its link options."""
+def configure_workspace(repo: Path, ws: Path, cache: Path, options: dict[str, str]) -> None:
+    """Local config: no git (the copy has none), the shared cache and its link options. The
+    checkpoint dirs link to the main workspace's: a cell resumes whoever runs it next."""
     lines = ["[core]", "    no_scm = true", "[cache]", f"    dir = {cache}"]
     lines += [f"    {k} = {v}" for k, v in options.items()]
     (ws / ".dvc").mkdir(exist_ok=True)
     (ws / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
+    for rel in (CHECKPOINTS, AA_STATE):
+        (repo / rel).mkdir(parents=True, exist_ok=True)
+        if not (ws / rel).is_symlink():
+            shutil.rmtree(ws / rel, ignore_errors=True)
+            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ws / rel).symlink_to(repo / rel)
 
 
 def threads_tracked(repo: Path) -> bool:
@@ -193,6 +215,11 @@ def threads_tracked(repo: Path) -> bool:
         for item in stage.get("params") or []:
             keys += [item] if isinstance(item, str) else [k for v in item.values() for k in v]
     return any(k in ("active", "active.threads") for k in keys)
+
+
+def suite_threads(repo: Path) -> int:
+    active = (yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("active")
+    return int(active.get("threads", 1)) if isinstance(active, dict) else 1
 
 
 def set_threads(ws: Path, threads: int) -> None:
@@ -207,14 +234,16 @@ def set_threads(ws: Path, threads: int) -> None:
 
 # ---- what is running where (for `status`) -----------------------------------------------------
 
-def alive(pid: object) -> bool:
+def alive(pid: int | str | None) -> bool:
     try:
-        os.kill(int(pid), 0)  # type: ignore[call-overload]
+        if int(pid or 0) > 0:
+            os.kill(int(pid or 0), 0)
+            return True
     except PermissionError:
         return True
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def workspaces(repo: Path, workdir: Path = WORKDIR) -> list[tuple[str, Path]]:

@@ -91,6 +91,12 @@ def run_pgd(
         raise ValueError(f"x must be float32 pixels in [0,1], got {x.dtype}")
     if config.targeted and targets is None:
         raise ValueError("a targeted attack needs targets of shape (N, n_targets)")
+    if y.shape != x.shape[:1] or y.dtype != torch.int64:
+        raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {y.dtype} "
+                         f"{tuple(y.shape)}")
+    if targets is not None and (targets.dim() != 2 or targets.shape[0] != x.shape[0]):
+        raise ValueError(f"targets must have shape ({x.shape[0]}, n_targets), got "
+                         f"{tuple(targets.shape)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     n = x.shape[0]
     state = _State.empty(x.cpu())
@@ -154,6 +160,8 @@ def _single_run(
         xk = x_cur[live].requires_grad_(k < cfg.steps)
         with torch.set_grad_enabled(k < cfg.steps):
             logits = model(xk)  # (n_live, K) in the attack dtype
+        if k == 0:
+            _check_class_range(logits.shape[1], y, tgt)
         state.fwd[idx[live]] += 1
         hit = (logits.detach().argmax(dim=1) != y[live]).cpu()  # index bookkeeping on CPU
         _record_success(state, idx[live[hit]], x_cur[live[hit]], k, tgt, live[hit])
@@ -177,6 +185,15 @@ def _single_run(
         x_cur[live] = x_new
     # examples never misclassified keep the last iterate of the last run
     state.x_adv[idx[live]] = x_cur[live].cpu()
+
+
+def _check_class_range(num_classes: int, y: Tensor, tgt: Tensor | None) -> None:
+    """Labels/targets must index the model's K logits (checked once per run, at step 0)."""
+    for name, t in (("label", y), ("target", tgt)):
+        if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise ValueError(f"{name} {bad} out of range: the model has {num_classes} classes, "
+                             f"expected 0..{num_classes - 1}")
 
 
 def _record_success(
