@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("run", "status", "plan"):
         p = sub.add_parser(name)
         p.add_argument("--glob", action="append",
-                       help="stage-name glob, repeatable (default: attack@* and autoattack@*)")
+                       help="stage-name glob, repeatable "
+                            "(default: attack@*, autoattack@*, diagnostics@*, ablations@*)")
         p.add_argument("--workdir", type=Path, default=W.WORKDIR, help="worker copies")
         if name == "status":
             p.add_argument("--json", action="store_true")

@@ -9,10 +9,14 @@ import torch
 import typer
 
 import tmifpe
+from tmifpe import ablations_report
 from tmifpe.aggregate import TABLE_KEYS
 from tmifpe.config import SuiteParams
+from tmifpe.diagnostics import report as diagnostics_report
 from tmifpe.report import render_html, render_latex
 from tmifpe.stage_support import run_stage
+
+DIAG_EXTS = (".parquet", ".tstar.parquet", ".json")
 
 
 def main() -> None:
@@ -27,9 +31,15 @@ def main() -> None:
                 "autoattack": f"standard (pyautoattack 0.2.0), seed {suite.autoattack.seed}, "
                               f"batch size {suite.autoattack.batch_size}",
                 "versions": f"tmifpe {tmifpe.__version__}, torch {torch.__version__}"}
+        # sections of the per-model stages, read for exactly the models of the grid
+        diag = [p for m in suite.models for p in
+                (Path("results/diagnostics") / f"{m}{ext}" for ext in DIAG_EXTS) if p.exists()]
+        ablations = [p for m in suite.models
+                     if (p := Path("results/ablations") / f"{m}.parquet").exists()]
+        extra = [*diagnostics_report.tables(diag), *ablations_report.tables(ablations)]
         render_html(tables, Path("reports/index.html"),
                     title=f"tmifpe: floating-point error in attack gradients ({suite.name} suite)",
-                    meta=meta)
+                    meta=meta, extra_tables=extra)
         render_latex(tables, Path("reports/tables.tex"))
         print("report: reports/index.html, reports/tables.tex")
 

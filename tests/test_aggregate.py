@@ -181,7 +181,7 @@ def test_against_autoattack_pointwise(tables):
 def test_cost_per_point_and_ratio(tables):
     row = one(tables["vs_autoattack"], loss="ce", targeted=False, precision="fp32", budget=10)
     assert row["cost_per_point"] == pytest.approx((3 * 21 + 1) / 4)  # forward + backward
-    aa_cost = (100 + 1000 + 200 + 1000 + 300 + 400) / 4  # n_grad + n_queries
+    aa_cost = (2 * (100 + 200 + 300 + 400) + 1000 + 1000) / 4  # 2·n_grad (fwd+bwd) + n_queries
     assert row["aa_cost_per_point"] == pytest.approx(aa_cost)
     assert row["cost_ratio"] == pytest.approx(16.0 / aa_cost)
     assert row["wall_time_per_point_s"] == pytest.approx(0.1)  # 0.4 s / 4 points

@@ -59,6 +59,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
         "precisions": {"bf16": {"n_targets": 0}, "fp32": {"n_targets": 2}},
         "attack": {"batch_size": N, "seed": 0},
         "autoattack": {"seed": 0, "batch_size": N},
+        "ablations": {"budgets": [2]},
     }
     (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
     _run(repo, "git", "init", "-q")
@@ -66,7 +67,11 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
     _dvc(repo, "config", "core.analytics", "false")
     proc = _dvc(repo, "repro")
     assert {"data@cifar10", "model@c10_aa_resnet18", "autoattack@c10_aa_resnet18",
-            "attack@c10_aa_resnet18-tmifpe-3", "aggregate", "report"} <= _ran(proc)
+            "attack@c10_aa_resnet18-tmifpe-3", "diagnostics@c10_aa_resnet18",
+            "ablations@c10_aa_resnet18", "aggregate",
+            "report"} <= _ran(proc)
+    html = (repo / "reports/index.html").read_text()
+    assert "Gradient error" in html and "ablation" in html.lower()
 
     manifest = json.loads((repo / "models/c10_aa_resnet18/manifest.json").read_text())
     assert manifest["clean_accuracy"] == 1.0

@@ -42,9 +42,10 @@ GRID = {
                    "fp32": {"n_targets": 2}},
     "attack": {"batch_size": 25, "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
+    "ablations": {"budgets": [3]},
 }
 CELLS = {f"attack@digits_std-{loss}-{b}" for loss in ("ce", "tmifpe") for b in (3, 5)}
-CELLS.add("autoattack@digits_std")
+CELLS |= {"autoattack@digits_std", "diagnostics@digits_std", "ablations@digits_std"}
 UPSTREAM = {"data@digits", "model@digits_std"}
 
 
@@ -87,7 +88,9 @@ def _worker_ran(repo: Path) -> list[str]:
 
 def _results(repo: Path) -> dict[str, bytes]:
     files = [*(repo / "results/attack").rglob("*.parquet"),
-             *(repo / "results/autoattack").glob("*.parquet")]
+             *(repo / "results/autoattack").glob("*.parquet"),
+             *(repo / "results/diagnostics").glob("*.parquet"),
+             *(repo / "results/ablations").glob("*.parquet")]
     return {str(f.relative_to(repo)): f.read_bytes() for f in files}
 
 
@@ -125,7 +128,7 @@ def reference(origin: Path) -> dict[str, bytes]:
     proc = _dvc(repo, "repro")
     assert set(_ran(proc.stdout)) == CELLS | UPSTREAM | {"aggregate", "report"}
     results = _results(repo)
-    assert len(results) == len(CELLS)
+    assert len(results) == len(CELLS) + 1  # diagnostics: two files (bins and t* trace)
     return results
 
 

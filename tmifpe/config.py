@@ -91,6 +91,20 @@ class AutoAttackParams(_Frozen):
     batch_size: int = Field(default=500, ge=1)
 
 
+class AblationParams(_Frozen):
+    """The ablations stage (phase detection, t* rules, PGD vs APGD): its budgets and precisions."""
+
+    budgets: list[int] = Field(default=[20, 50], min_length=1)
+    precisions: list[Precision] = Field(default=[Precision.FP32], min_length=1)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError(f"expected distinct positive integers, got {v}")
+        return v
+
+
 class SuiteParams(_Frozen):
     name: GridKey
     device: str = "cpu"
@@ -105,6 +119,7 @@ class SuiteParams(_Frozen):
     precisions: dict[Precision, PrecisionParams] = Field(min_length=1)
     attack: AttackParams = AttackParams()
     autoattack: AutoAttackParams = AutoAttackParams()
+    ablations: AblationParams = AblationParams()
 
     @field_validator("device")
     @classmethod

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_GLOBS = ("attack@*", "autoattack@*")
+DEFAULT_GLOBS = ("attack@*", "autoattack@*", "diagnostics@*", "ablations@*")
 WORKDIR = Path(".tmifpe-work/workers")
 RAN = re.compile(r"Running stage '([^']+)'")
 CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")

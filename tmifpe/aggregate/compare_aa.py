@@ -1,8 +1,9 @@
 """AutoAttack on the same points: its own summary, attack cost, and the pointwise comparison.
 
-Costs follow the project's convention: an attack run costs mean(n_forward + n_backward) per
-point; AutoAttack costs mean(n_grad + n_queries) per point (n_grad counts one gradient
-evaluation, i.e. a forward and a backward pass, once). Both components are kept in the tables.
+Costs are counted in model passes, the same way for both: an attack run costs
+mean(n_forward + n_backward) per point; AutoAttack costs mean(2·n_grad + n_queries) per point
+(one gradient evaluation is a forward and a backward pass; a query is a forward pass). Both
+components are kept in the tables.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def autoattack_summary(aa: pl.DataFrame, aa_timing: pl.DataFrame) -> pl.DataFram
             *stages,
             pl.col("n_grad").mean().alias("grad_per_point"),
             pl.col("n_queries").mean().alias("queries_per_point"),
-            (pl.col("n_grad") + pl.col("n_queries")).mean().alias("cost_per_point"),
+            (2 * pl.col("n_grad") + pl.col("n_queries")).mean().alias("cost_per_point"),
         )
         .with_columns(proportion("n_clean_correct", "n", "clean_acc", ci=False))
         .with_columns(proportion("n_robust", "n", "robust_acc"))

@@ -108,11 +108,10 @@ def cost_table(tables: dict) -> Table:
     return _table(
         "cost", "Cost per point",
         f"Means over the evaluated points at {HEADLINE_PRECISION}. Attack cost = forward + "
-        "backward passes; AutoAttack cost = gradient evaluations + queries (a gradient "
-        "evaluation, itself a forward and a backward pass, counts once). Wall time from the "
-        "timing files.",
+        "backward passes; AutoAttack cost = 2 × gradient evaluations (each a forward and a "
+        "backward pass) + forward-only queries. Wall time from the timing files.",
         [("Model", False), ("Attack", False), ("N", True), ("Forward", True), ("Backward", True),
-         ("Passes", True), ("Wall ms", True), ("AA grad + queries", True),
+         ("Passes", True), ("Wall ms", True), ("AA passes", True),
          ("Cost ratio", True), ("Wall ratio", True)], _rows(frame, tables, fmt))
 
 

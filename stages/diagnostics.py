@@ -1,0 +1,78 @@
+"""DVC stage `diagnostics`: gradient error vs float64 and the T-MIFPE t* trace of one model.
+
+Outputs (written to temporary files and renamed, so a crash leaves nothing DVC could cache):
+``results/diagnostics/<model>.parquet`` (per gap bin), ``<model>.tstar.parquet`` (t* quantiles)
+and ``<model>.json`` (agreement verdicts, the plan and the measured points).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+import typer
+
+from tmifpe.atomic import write_json, write_parquet
+from tmifpe.config import SuiteParams
+from tmifpe.data.sources import load_tensors
+from tmifpe.diagnostics.gradient_error import (
+    DiagnosticsPlan,
+    bin_table,
+    gap_bin_edges,
+    measure,
+    summarise_tstar,
+    tstar_trace,
+    verdicts,
+)
+from tmifpe.models.zoo import load_model
+
+OUT_DIR = Path("results/diagnostics")
+
+
+def outputs(model: str, root: Path = OUT_DIR) -> tuple[Path, Path, Path]:
+    """(bins parquet, t* parquet, verdict JSON) of ``model``."""
+    return root / f"{model}.parquet", root / f"{model}.tstar.parquet", root / f"{model}.json"
+
+
+def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path("data/eval"),
+                    root: Path = OUT_DIR) -> dict[str, object]:
+    """Measure, then write the three outputs of ``model_key``; returns the JSON document."""
+    if model_key not in suite.models:
+        raise ValueError(f"model {model_key!r} is not in the grid of suite {suite.name!r}")
+    ds_key, ds = suite.dataset_of(model_key)
+    tensors = load_tensors(data_dir / f"{ds_key}.pt")
+    x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    model = load_model(suite, model_key)
+    plan = DiagnosticsPlan.from_suite(suite, model_key)
+    examples, info = measure(model, x, y, plan)
+    edges = gap_bin_edges(plan.precisions)
+    bins = bin_table(examples, edges).with_columns(pl.lit(model_key).alias("model"))
+    tstar = summarise_tstar(tstar_trace(model, x, y, plan)).with_columns(
+        pl.lit(model_key).alias("model"))
+    doc = {"model": model_key, "dataset": ds_key, "suite": suite.name, "plan": plan.describe(),
+           "bin_edges": [e if e != float("inf") else "inf" for e in edges], **info,
+           "verdicts": verdicts(examples, plan.precisions, int(info["num_classes"]))}
+    bins_out, tstar_out, json_out = outputs(model_key, root)
+    write_parquet(bins.select(["model", *[c for c in bins.columns if c != "model"]]), bins_out)
+    write_parquet(tstar.select(["model", *[c for c in tstar.columns if c != "model"]]), tstar_out)
+    write_json(doc, json_out)
+    return doc
+
+
+def main(model: str = typer.Option(..., help="model key of the active suite")) -> None:
+    def body(suite: SuiteParams) -> None:
+        t0 = time.perf_counter()
+        doc = run_diagnostics(suite, model)
+        summary = ", ".join(f"{v['check']}/{v['loss']}/{v['precision']}"
+                            f"{'/t' if v['targeted'] else ''}: {v['verdict']}"
+                            for v in doc["verdicts"])
+        print(f"diagnostics {model}: {time.perf_counter() - t0:.1f} s; {summary}")
+
+    from tmifpe.stage_support import run_stage
+
+    run_stage(body)
+
+
+if __name__ == "__main__":
+    typer.run(main)
