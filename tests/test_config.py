@@ -67,8 +67,21 @@ def test_precision_cap_below_every_budget_is_an_error() -> None:
 
 def test_precisions_for_budget_respects_cap() -> None:
     suite = load_params(ROOT / "params.yaml")
-    assert [p.value for p in suite.precisions_for_budget(50)] == ["fp16", "bf16", "fp32", "fp64"]
-    assert [p.value for p in suite.precisions_for_budget(100)] == ["bf16", "fp32", "fp64"]
+    cap = suite.precisions["fp16"].max_budget
+    assert cap is not None
+    assert [p.value for p in suite.precisions_for_budget(cap)] == ["fp16", "bf16", "fp32", "fp64"]
+    assert [p.value for p in suite.precisions_for_budget(cap + 1)] == ["bf16", "fp32", "fp64"]
+
+
+def test_ablation_params_validated() -> None:
+    raw = _default()
+    raw["ablations"] = {"budgets": [20, 20, -1], "precisions": ["fp8"]}
+    with pytest.raises(ParamsError) as info:
+        parse_suite(raw)
+    text = str(info.value)
+    assert "active.ablations.budgets" in text and "distinct positive integers" in text
+    assert "active.ablations.precisions.0: got 'fp8'" in text
+    assert parse_suite(_default()).ablations.budgets == [20]
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
