@@ -184,6 +184,9 @@ def cmd_run(repo: Path, args: argparse.Namespace) -> int:
         print(f"logs: {repo / args.workdir}/w*.log; not run: {' '.join(left) or '-'}")
         return 1
     if not args.no_finish:
+        stale = W.drop_stale_lock_entries(repo, [c for c, v in results.items() if v == "computed"])
+        if stale:
+            print(f"dvc.lock: dropped stale entries (outputs not in the cache): {' '.join(stale)}")
         full = not args.shard and not args.glob
         code, out = W.dvc_echo(repo, "repro", *([] if full else cells))
         again = sorted(set(W.RAN.findall(out)) & set(cells))

@@ -148,6 +148,36 @@ def cache_dir(repo: Path) -> Path:
     return path if path.is_absolute() else (repo / ".dvc" / path).resolve()
 
 
+def drop_stale_lock_entries(repo: Path, cells: Sequence[str]) -> list[str]:
+    """Remove from dvc.lock the entries of ``cells`` whose outputs are not in the cache.
+
+    Why: when a stage's dvc.lock entry matches its current deps and params (e.g. a dvc.lock
+    committed to git, from a run whose outputs this clone never had), `dvc repro` tries to
+    restore *that* entry, finds its outputs missing and recomputes the stage, without looking
+    at the run-cache entry a worker just made. Without the stale entry DVC takes the run-cache
+    path. Only entries whose outputs cannot be checked out are dropped; returns their names."""
+    lock = repo / "dvc.lock"
+    if not lock.exists():
+        return []
+    doc = yaml.safe_load(lock.read_text()) or {}
+    stages = doc.get("stages") or {}
+    cache = cache_dir(repo) / "files" / "md5"
+
+    def in_cache(out: dict) -> bool:
+        md5 = str(out.get("md5") or "")
+        return len(md5) > 2 and (cache / md5[:2] / md5[2:]).exists()
+
+    stale = [c for c in cells if c in stages
+             and not all(in_cache(o) for o in stages[c].get("outs") or [])]
+    if stale:
+        for c in stale:
+            del stages[c]
+        tmp = lock.with_name(".dvc.lock.tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, lock)
+    return stale
+
+
 def cache_options(repo: Path) -> dict[str, str]:
     """cache.type / cache.shared of the main workspace (the worker must link the same way)."""
     out = dvc(repo, "config", "--list", check=False).stdout
