@@ -284,8 +284,8 @@ def cost_figure(tables: dict) -> Figure:
     return Figure(
         "fig-cost", "Cost against robust accuracy",
         f"At {HEADLINE_PRECISION}: each attack across its budgets (cost = forward + backward "
-        "passes per point) and AutoAttack (gradient evaluations + queries per point); lower "
-        "and further left is better.", _attack_legend(runs, bool(aa)), tuple(panels))
+        "passes per point) and AutoAttack (2 × gradient evaluations + forward-only queries per "
+        "point, counted the same way); lower and further left is better.", _attack_legend(runs, bool(aa)), tuple(panels))
 
 
 def all_figures(tables: dict) -> list[Figure]:
