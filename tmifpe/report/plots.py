@@ -285,7 +285,8 @@ def cost_figure(tables: dict) -> Figure:
         "fig-cost", "Cost against robust accuracy",
         f"At {HEADLINE_PRECISION}: each attack across its budgets (cost = forward + backward "
         "passes per point) and AutoAttack (2 × gradient evaluations + forward-only queries per "
-        "point, counted the same way); lower and further left is better.", _attack_legend(runs, bool(aa)), tuple(panels))
+        "point, counted the same way); lower and further left is better.",
+        _attack_legend(runs, bool(aa)), tuple(panels))
 
 
 def all_figures(tables: dict) -> list[Figure]:
