@@ -55,6 +55,7 @@ SOURCE_FILES = (
     "tmifpe/ablations.py",
     "tmifpe/attacks/apgd.py",
     "tmifpe/attacks/pgd.py",
+    "tmifpe/attacks/runs.py",
     "tmifpe/attacks/projection.py",
     "tmifpe/attacks/schedule.py",
     "tmifpe/losses/__init__.py",

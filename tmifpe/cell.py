@@ -33,6 +33,7 @@ from tmifpe.verify import verify
 ENGINE_FILES = (
     "tmifpe/cell.py",
     "tmifpe/attacks/pgd.py",
+    "tmifpe/attacks/runs.py",
     "tmifpe/attacks/projection.py",
     "tmifpe/attacks/schedule.py",
     "tmifpe/precision.py",

@@ -50,8 +50,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tmifpe.attacks.pgd import NEVER, PGDResult
 from tmifpe.attacks.projection import linf_box, project
+from tmifpe.attacks.runs import (
+    PGDResult,
+    RunState,
+    check_class_range,
+    check_inputs,
+    run_restarts_and_targets,
+)
 from tmifpe.losses import LossFn
 from tmifpe.precision import PrecisionModel
 
@@ -143,62 +149,19 @@ def run_apgd(
     ``config.targeted`` (see :func:`tmifpe.attacks.pgd.attack_targets`); restarts and targets
     run one after another, each only on the still-robust examples; x_adv is float32.
     """
-    if x.dtype != torch.float32:
-        raise ValueError(f"x must be float32 pixels in [0,1], got {x.dtype}")
-    if config.targeted and targets is None:
-        raise ValueError("a targeted attack needs targets of shape (N, n_targets)")
-    if y.shape != x.shape[:1] or y.dtype != torch.int64:
-        raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {y.dtype} "
-                         f"{tuple(y.shape)}")
-    if targets is not None and (targets.dim() != 2 or targets.shape[0] != x.shape[0]):
-        raise ValueError(f"targets must have shape ({x.shape[0]}, n_targets), got "
-                         f"{tuple(targets.shape)}")
+    check_inputs(x, y, targets, config.targeted)
     if attack_mask is not None and (attack_mask.shape != x.shape[:1]
                                     or attack_mask.dtype != torch.bool):
         raise ValueError(f"attack_mask must be bool of shape ({x.shape[0]},), got "
                          f"{attack_mask.dtype} {tuple(attack_mask.shape)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
-    n = x.shape[0]
-    acc = _Acc.empty(x.cpu())
-    active = torch.ones(n, dtype=torch.bool) if attack_mask is None else attack_mask.cpu().clone()
-    target_cols = range(targets.shape[1]) if config.targeted else [None]
-    for _ in range(config.restarts):
-        for col in target_cols:
-            idx = (active & ~acc.success).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            tgt = None if col is None else targets[idx.to(targets.device), col]
-            dev_idx = idx.to(x.device)
-            _single_run(model, x[dev_idx], y[dev_idx], tgt, loss_fn, config, gen, acc, idx)
-    return acc.result()
 
+    def single_run(x0: Tensor, y0: Tensor, tgt: Tensor | None, state: RunState,
+                   idx: Tensor) -> None:
+        _single_run(model, x0, y0, tgt, loss_fn, config, gen, state, idx)
 
-@dataclass
-class _Acc:
-    """Per-example accumulators over runs (CPU)."""
-
-    x_adv: Tensor
-    success: Tensor
-    first: Tensor
-    target: Tensor
-    fwd: Tensor
-    bwd: Tensor
-    zero: Tensor
-    nonfinite: Tensor
-
-    @classmethod
-    def empty(cls, x: Tensor) -> _Acc:
-        n = x.shape[0]
-
-        def z() -> Tensor:
-            return torch.zeros(n, dtype=torch.int64)
-
-        return cls(x.clone(), torch.zeros(n, dtype=torch.bool), torch.full((n,), NEVER),
-                   torch.full((n,), -1), z(), z(), z(), z())
-
-    def result(self) -> PGDResult:
-        return PGDResult(self.x_adv, self.success, self.first, self.target, self.fwd, self.bwd,
-                         self.zero, self.nonfinite)
+    return run_restarts_and_targets(x, y, targets, attack_mask, config.restarts,
+                                    config.targeted, single_run)
 
 
 def uniform_start(x0: Tensor, eps: float, lo: Tensor, hi: Tensor,
@@ -226,7 +189,7 @@ def _single_run(
     loss_fn: LossFn,
     cfg: APGDConfig,
     gen: torch.Generator,
-    acc: _Acc,
+    acc: RunState,
     idx: Tensor,
 ) -> None:
     """One APGD run of ``cfg.steps`` iterations on rows ``idx`` (CPU) of the batch."""
@@ -249,11 +212,11 @@ def _single_run(
         with torch.set_grad_enabled(need_grad):
             logits = model(xk)  # (n_live, K), attack dtype
         if k == 0:
-            _check_class_range(logits.shape[1], y, tgt)
+            check_class_range(logits.shape[1], y, tgt)
         rows = idx[live.cpu()]
         acc.fwd[rows] += 1
         hit = logits.detach().argmax(dim=1) != y[live]
-        _record_success(acc, rows[hit.cpu()], x_cur[live[hit]], k, tgt, live[hit])
+        acc.record_success(rows[hit.cpu()], x_cur[live[hit]], k, tgt, live[hit])
         keep = ~hit
         if not bool(keep.any()):
             return
@@ -283,7 +246,7 @@ def _single_run(
         if not need_grad:
             break
         acc.bwd[rows] += 1
-        _count_degenerate(acc, rows, g, loss.detach()[keep])
+        acc.count_degenerate(rows, g, loss.detach()[keep])
         g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
         grad[live] = g
         grad_best[up] = g[better]
@@ -320,32 +283,3 @@ def _checkpoint(
     halved[live] = halve
     f_check[live] = f_best[live]
     n_incr[live] = 0
-
-
-def _check_class_range(num_classes: int, y: Tensor, tgt: Tensor | None) -> None:
-    """Labels/targets must index the model's K logits (checked once per run)."""
-    for name, t in (("label", y), ("target", tgt)):
-        if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-            raise ValueError(f"{name} {bad} out of range: the model has {num_classes} classes, "
-                             f"expected 0..{num_classes - 1}")
-
-
-def _record_success(
-    acc: _Acc, rows: Tensor, x_hit: Tensor, k: int, tgt: Tensor | None, local: Tensor
-) -> None:
-    if rows.numel() == 0:
-        return
-    acc.success[rows] = True
-    acc.x_adv[rows] = x_hit.cpu()
-    acc.first[rows] = k
-    if tgt is not None:
-        acc.target[rows] = tgt[local].cpu()
-
-
-def _count_degenerate(acc: _Acc, rows: Tensor, grad: Tensor, loss: Tensor) -> None:
-    flat = grad.flatten(1)
-    finite = torch.isfinite(flat).all(dim=1) & torch.isfinite(loss)
-    zero = finite & (flat == 0).all(dim=1)
-    acc.nonfinite[rows] += (~finite).long().cpu()
-    acc.zero[rows] += zero.long().cpu()
