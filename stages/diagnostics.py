@@ -16,6 +16,7 @@ import typer
 from tmifpe.atomic import write_json, write_parquet
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
+from tmifpe.diagnostics import OUT_DIR, output_paths
 from tmifpe.diagnostics.gradient_error import (
     DiagnosticsPlan,
     bin_table,
@@ -26,13 +27,6 @@ from tmifpe.diagnostics.gradient_error import (
     verdicts,
 )
 from tmifpe.models.zoo import load_model
-
-OUT_DIR = Path("results/diagnostics")
-
-
-def outputs(model: str, root: Path = OUT_DIR) -> tuple[Path, Path, Path]:
-    """(bins parquet, t* parquet, verdict JSON) of ``model``."""
-    return root / f"{model}.parquet", root / f"{model}.tstar.parquet", root / f"{model}.json"
 
 
 def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path("data/eval"),
@@ -53,7 +47,7 @@ def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path
     doc = {"model": model_key, "dataset": ds_key, "suite": suite.name, "plan": plan.describe(),
            "bin_edges": [e if e != float("inf") else "inf" for e in edges], **info,
            "verdicts": verdicts(examples, plan.precisions, int(info["num_classes"]))}
-    bins_out, tstar_out, json_out = outputs(model_key, root)
+    bins_out, tstar_out, json_out = output_paths(model_key, root)
     write_parquet(bins.select(["model", *[c for c in bins.columns if c != "model"]]), bins_out)
     write_parquet(tstar.select(["model", *[c for c in tstar.columns if c != "model"]]), tstar_out)
     write_json(doc, json_out)

@@ -12,11 +12,10 @@ import tmifpe
 from tmifpe import ablations_report
 from tmifpe.aggregate import TABLE_KEYS
 from tmifpe.config import SuiteParams
+from tmifpe.diagnostics import output_paths as diagnostics_outputs
 from tmifpe.diagnostics import report as diagnostics_report
 from tmifpe.report import render_html, render_latex
 from tmifpe.stage_support import run_stage
-
-DIAG_EXTS = (".parquet", ".tstar.parquet", ".json")
 
 
 def main() -> None:
@@ -32,8 +31,7 @@ def main() -> None:
                               f"batch size {suite.autoattack.batch_size}",
                 "versions": f"tmifpe {tmifpe.__version__}, torch {torch.__version__}"}
         # sections of the per-model stages, read for exactly the models of the grid
-        diag = [p for m in suite.models for p in
-                (Path("results/diagnostics") / f"{m}{ext}" for ext in DIAG_EXTS) if p.exists()]
+        diag = [p for m in suite.models for p in diagnostics_outputs(m) if p.exists()]
         ablations = [p for m in suite.models
                      if (p := Path("results/ablations") / f"{m}.parquet").exists()]
         extra = [*diagnostics_report.tables(diag), *ablations_report.tables(ablations)]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.diagnostics import outputs, run_diagnostics
+from stages.diagnostics import run_diagnostics
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.config import parse_suite
 from tmifpe.data.sources import save_tensors
@@ -21,6 +21,7 @@ from tmifpe.diagnostics import (
     gap_bin_edges,
     gap_bins,
     gradient_errors,
+    output_paths,
     summarise_bins,
 )
 from tmifpe.diagnostics.report import tables
@@ -190,7 +191,7 @@ def test_stage_outputs_columns_and_determinism(tmp_path, monkeypatch, digits):
     suite = _tiny_suite(tmp_path, digits)
     monkeypatch.chdir(tmp_path)
     doc = run_diagnostics(suite, "tiny_std")
-    paths = outputs("tiny_std")
+    paths = output_paths("tiny_std")
     first = [p.read_bytes() for p in paths]
     run_diagnostics(suite, "tiny_std")
     assert [p.read_bytes() for p in paths] == first  # byte-identical rerun

@@ -1,5 +1,7 @@
 """Diagnostics of floating-point error in attack gradients (see ``gradient_error``)."""
 
+from pathlib import Path
+
 from tmifpe.diagnostics.gradient_error import (
     DiagnosticsPlan,
     GradientErrors,
@@ -17,7 +19,17 @@ from tmifpe.diagnostics.gradient_error import (
     summarise_tstar,
 )
 
+OUT_DIR = Path("results/diagnostics")
+
+
+def output_paths(model: str, root: Path = OUT_DIR) -> tuple[Path, Path, Path]:
+    """(bins parquet, t* parquet, verdict JSON) of ``model``: written by the diagnostics stage,
+    read by the report."""
+    return root / f"{model}.parquet", root / f"{model}.tstar.parquet", root / f"{model}.json"
+
+
 __all__ = [
+    "OUT_DIR",
     "DiagnosticsPlan",
     "GradientErrors",
     "InputGradient",
@@ -28,6 +40,7 @@ __all__ = [
     "gap_bins",
     "gradient_errors",
     "input_gradient",
+    "output_paths",
     "scaled_gap",
     "scaled_loss_verdict",
     "summarise_bins",
