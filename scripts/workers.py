@@ -168,6 +168,10 @@ def cmd_run(repo: Path, args: argparse.Namespace) -> int:
         code, _ = W.dvc_echo(repo, "repro", *(["--pull"] if args.pull else []), *up)
         if code != 0:
             return code
+    # before classifying: a stale entry hides the run-cache from DVC (see the function)
+    stale = W.drop_stale_lock_entries(repo, cells)
+    if stale:
+        print(f"dvc.lock: dropped stale entries (outputs not in the cache): {' '.join(stale)}")
     state = W.classify(repo, cells)
     todo = [c for c in cells if state[c] == "missing"]
     counts = {s: sum(v == s for v in state.values()) for s in ("done", "cached", "missing")}
@@ -184,9 +188,6 @@ def cmd_run(repo: Path, args: argparse.Namespace) -> int:
         print(f"logs: {repo / args.workdir}/w*.log; not run: {' '.join(left) or '-'}")
         return 1
     if not args.no_finish:
-        stale = W.drop_stale_lock_entries(repo, [c for c, v in results.items() if v == "computed"])
-        if stale:
-            print(f"dvc.lock: dropped stale entries (outputs not in the cache): {' '.join(stale)}")
         full = not args.shard and not args.glob
         code, out = W.dvc_echo(repo, "repro", *([] if full else cells))
         again = sorted(set(W.RAN.findall(out)) & set(cells))

@@ -154,8 +154,9 @@ def drop_stale_lock_entries(repo: Path, cells: Sequence[str]) -> list[str]:
     Why: when a stage's dvc.lock entry matches its current deps and params (e.g. a dvc.lock
     committed to git, from a run whose outputs this clone never had), `dvc repro` tries to
     restore *that* entry, finds its outputs missing and recomputes the stage, without looking
-    at the run-cache entry a worker just made. Without the stale entry DVC takes the run-cache
-    path. Only entries whose outputs cannot be checked out are dropped; returns their names."""
+    at the run-cache entry a worker made (and `classify` cannot see that entry either). Without
+    the stale entry DVC takes the run-cache path. Only entries with an output hash missing from
+    the cache are dropped; returns their names."""
     lock = repo / "dvc.lock"
     if not lock.exists():
         return []
@@ -163,9 +164,9 @@ def drop_stale_lock_entries(repo: Path, cells: Sequence[str]) -> list[str]:
     stages = doc.get("stages") or {}
     cache = cache_dir(repo) / "files" / "md5"
 
-    def in_cache(out: dict) -> bool:
+    def in_cache(out: dict) -> bool:  # an output recorded without a hash cannot be judged
         md5 = str(out.get("md5") or "")
-        return len(md5) > 2 and (cache / md5[:2] / md5[2:]).exists()
+        return not md5 or (cache / md5[:2] / md5[2:]).exists()
 
     stale = [c for c in cells if c in stages
              and not all(in_cache(o) for o in stages[c].get("outs") or [])]
