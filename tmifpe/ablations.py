@@ -31,6 +31,7 @@ from torch import Tensor
 from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.pgd import PGDConfig, PGDResult, attack_targets, run_pgd
+from tmifpe.attacks.runs import batch_seed
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LossFn, get_loss
@@ -187,12 +188,6 @@ def run_variant(
                       n_targets=n_targets, progress=Progress(v.progress), seed=ap.seed)
     return run_apgd(model, x, y, variant_loss(v), acfg, attack_mask=mask, targets=targets,
                     generator=gen)
-
-
-def batch_seed(seed: int, targeted: bool, batch: int) -> int:
-    """Same formula as the attack cells (``tmifpe.cell``): every variant of an engine starts
-    from the same random points, and PGD T-MIFPE/CE reproduce the cells' runs."""
-    return (seed * 1_000_003 + 2 * batch + int(targeted)) % (2**63)
 
 
 def run_ablations(

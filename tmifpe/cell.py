@@ -21,6 +21,7 @@ from torch import Tensor
 
 from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
+from tmifpe.attacks.runs import batch_seed
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LOSSES, LossName, get_loss
@@ -84,11 +85,6 @@ def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: l
         "inputs": [_sha256(p) for p in [data_path, *model_files] if p.exists()],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _unit_seed(seed: int, targeted: bool, batch: int) -> int:
-    # The same random starts for every precision and loss: only the compared factor differs.
-    return (seed * 1_000_003 + 2 * batch + int(targeted)) % (2**63)
 
 
 def run_attack_cell(
@@ -159,7 +155,7 @@ def _run_unit(
     cfg = PGDConfig(eps=ds.eps, steps=spec.budget, schedule=ap.schedule, momentum=ap.momentum,
                     restarts=ap.restarts, targeted=targeted,
                     n_targets=0 if targets is None else targets.shape[1], seed=ap.seed)
-    gen = torch.Generator().manual_seed(_unit_seed(ap.seed, targeted, start // ap.batch_size))
+    gen = torch.Generator().manual_seed(batch_seed(ap.seed, targeted, start // ap.batch_size))
     t0 = time.perf_counter()
     res = run_pgd(PrecisionModel(model, prec), x, y, get_loss(spec.loss, tstar_rule=ap.tstar_rule),
                   cfg, attack_mask=clean_correct, targets=targets, generator=gen)
