@@ -159,8 +159,7 @@ def cmd_run(repo: Path, args: argparse.Namespace) -> int:
     globs = args.glob or list(W.DEFAULT_GLOBS)
     cells = W.select(W.stage_names(repo), globs)
     if args.shard:
-        i, n = (int(x) for x in args.shard.split("/"))
-        cells = W.shard(cells, i, n)
+        cells = W.shard(cells, *args.shard)
     if not cells:
         raise SystemExit(f"no stage matches {globs}")
     up = W.upstream(repo, cells)
@@ -251,10 +250,17 @@ def cmd_status(repo: Path, args: argparse.Namespace) -> int:
 def cmd_plan(repo: Path, args: argparse.Namespace) -> int:
     cells = W.select(W.stage_names(repo), args.glob or W.DEFAULT_GLOBS)
     if args.shard:
-        i, n = (int(x) for x in args.shard.split("/"))
-        cells = W.shard(cells, i, n)
+        cells = W.shard(cells, *args.shard)
     print("\n".join(cells))
     return 0
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    """``i/n`` with 1 <= i <= n, as argparse type: a bad value is a one-line usage error."""
+    i, sep, n = text.partition("/")
+    if sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n):
+        return int(i), int(n)
+    raise argparse.ArgumentTypeError(f"got {text!r}, expected i/n with 1 <= i <= n (e.g. 2/3)")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -274,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "status":
             p.add_argument("--json", action="store_true")
         else:
-            p.add_argument("--shard", help="i/n: this machine's share of the selected cells")
+            p.add_argument("--shard", type=_shard_arg,
+                           help="i/n: this machine's share of the selected cells")
         if name == "run":
             p.add_argument("--workers", type=int, help="default: one per device, else 2")
             p.add_argument("--devices", help="e.g. cuda:0,cuda:1 (CUDA_VISIBLE_DEVICES each)")

@@ -145,6 +145,16 @@ def test_shards_are_disjoint_cover_the_cells_and_mix_the_budgets() -> None:
         W.shard(cells, 3, 2)
 
 
+@pytest.mark.parametrize("bad", ["3/2", "0/2", "x", "1-2"])
+def test_bad_shard_is_a_one_line_usage_error(bad: str) -> None:
+    proc = subprocess.run([sys.executable, SCRIPT, "plan", "--shard", bad], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors == [f"workers.py plan: error: argument --shard: got {bad!r}, expected i/n "
+                      "with 1 <= i <= n (e.g. 2/3)"]
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("workers")
 def test_two_machines_share_cells_through_the_remote_run_cache(
