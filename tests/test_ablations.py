@@ -24,12 +24,12 @@ from tmifpe.ablations import (
 from tmifpe.ablations_report import tables
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.data.sources import save_tensors
-from tmifpe.losses.tmifpe import tmifpe_loss
+from tmifpe.losses.tmifpe.loss import tmifpe_loss
+from tmifpe.losses.tmifpe.tstar import attack_phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.report.detail import Table
 from tmifpe.train import TrainConfig, train_model
-from tmifpe.tstar import attack_phase, gap_thresholds, optimal_t
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -27,9 +27,9 @@ from tmifpe.diagnostics import (
 from tmifpe.diagnostics.report import tables
 from tmifpe.losses import get_loss
 from tmifpe.losses.scaling import top2_gap
+from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.tstar import Phase, gap_thresholds, optimal_t
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 MEASURED = (Precision.FP16, Precision.BF16, Precision.FP32)

@@ -102,7 +102,7 @@ def test_cold_repro_runs_every_stage_then_nothing(repo: Path) -> None:
 
 def test_editing_one_loss_reruns_only_its_cells(repo: Path) -> None:
     _dvc(repo, "repro")
-    path = repo / "tmifpe/losses/ce.py"
+    path = repo / "tmifpe/losses/ce/loss.py"
     original = path.read_text()
     path.write_text(original + "\n# touched by test\n")
     try:

@@ -1,4 +1,4 @@
-"""Tests of tmifpe.tstar against closed forms (Lambert W) and float64 brute force.
+"""Tests of tmifpe.losses.tmifpe.tstar against closed forms (Lambert W) and float64 brute force.
 
 Measured cost of ``optimal_t`` (float64 logits, CPU, torch 2.14.1, median of 7 runs, range over
 three runs on an otherwise idle 2-core machine; phase (i) = h maximisation, phase (ii) = "coef"):
@@ -18,7 +18,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import lambertw, logsumexp
 
-from tmifpe.tstar import (
+from tmifpe.losses.tmifpe.tstar import (
     PHASE23_RULES,
     Phase,
     attack_phase,

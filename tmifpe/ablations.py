@@ -6,7 +6,7 @@ its verdict re-verified by :func:`tmifpe.verify.verify` (fresh fp32 pass, inside
 
 (a) phase detection: T-MIFPE with the real phase of every example ("auto") against t* computed
     as if every example were still unsuccessful, or already successful (:func:`forced_tstar`);
-(b) the phase (ii)/(iii) rule of t*: "mifpe", "coef", "cap" (``tmifpe.tstar``);
+(b) the phase (ii)/(iii) rule of t*: "mifpe", "coef", "cap" (``tmifpe.losses.tmifpe.tstar``);
 (c) the engine: CE and T-MIFPE inside :func:`~tmifpe.attacks.pgd.run_pgd` (the suite's PGD) and
     inside :func:`~tmifpe.attacks.apgd.run_apgd` (APGD; T-MIFPE judged by its margin, see there).
 
@@ -36,10 +36,10 @@ from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, top2_gap
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import resolve_device
-from tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.verify import verify
 
 # Iterations per run: two of the default suite's budgets. 100 would be APGD's standard length,
@@ -60,10 +60,9 @@ SOURCE_FILES = (
     "tmifpe/attacks/projection.py",
     "tmifpe/attacks/schedule.py",
     "tmifpe/losses/__init__.py",
-    "tmifpe/losses/ce.py",
-    "tmifpe/losses/tmifpe.py",
+    "tmifpe/losses/ce",
+    "tmifpe/losses/tmifpe",
     "tmifpe/losses/scaling.py",
-    "tmifpe/tstar.py",
     "tmifpe/precision.py",
     "tmifpe/verify.py",
     "tmifpe/models/zoo.py",

@@ -65,10 +65,15 @@ def cell_source_files(loss: LossName) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
+    """Content hash of a file, or of a folder's Python files (path and content, sorted)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

@@ -23,8 +23,8 @@ from pydantic import (
 
 from tmifpe.attacks.schedule import Schedule
 from tmifpe.losses import LossName
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.precision import Precision
-from tmifpe.tstar import PHASE23_RULES
 
 GridKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # `-` would break DVC matrix names
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tmifpe.losses.scaling import check_labels, top2_gap
-from tmifpe.tstar import optimal_t
+from tmifpe.losses.tmifpe.tstar import optimal_t
 
 
 def tmifpe_loss(
@@ -14,7 +14,7 @@ def tmifpe_loss(
 ) -> Tensor:
     """[paper] CE((t*/Δ)·z, y), t* recomputed from the current logits for the phase the example
     is in, t* and Δ detached. Targeted: −CE((t*/Δ)·z, y_t). ``rule`` picks the phase (ii)/(iii)
-    rule ("mifpe", "coef", "cap"; see ``tmifpe.tstar``); "cap" uses the logits' dtype.
+    rule ("mifpe", "coef", "cap"; see ``tmifpe.losses.tmifpe.tstar``); "cap" uses the logits' dtype.
 
     ``(N, K) -> (N,)``.
     """

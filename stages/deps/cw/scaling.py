@@ -1,1 +1,0 @@
-../../../tmifpe/losses/scaling.py

@@ -1,1 +1,0 @@
-../../../tmifpe/tstar.py
