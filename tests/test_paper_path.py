@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("paper_path")]
 N = 4
 
 
-def _stage_cifar10(data_dir: Path) -> str:
+def _stage_cifar10(data_dir: Path) -> dict[str, str]:
     """Write `cifar-10-batches-py/test_batch` (+ meta); labels = the ResNet-18's predictions,
-    so every point is clean-correct and the attacks have work to do. Returns the file's MD5."""
+    so every point is clean-correct and the attacks have work to do. Returns both files' MD5s."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(N, 3, 32, 32), dtype=np.uint8)
     with torch.no_grad():
@@ -38,7 +38,8 @@ def _stage_cifar10(data_dir: Path) -> str:
              "data": images.reshape(N, 3072), "filenames": [f"{k}.png" for k in range(N)]}
     payload = pickle.dumps(batch, protocol=2)
     (folder / "test_batch").write_bytes(payload)
-    return hashlib.md5(payload).hexdigest()
+    return {name: hashlib.md5((folder / name).read_bytes()).hexdigest()
+            for name in ("test_batch", "batches.meta")}
 
 
 def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
@@ -48,11 +49,11 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
         shutil.copytree(ROOT / name, repo / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    md5 = _stage_cifar10(repo / "data/raw")
+    md5s = _stage_cifar10(repo / "data/raw")
     suite = {
         "name": "paper_offline", "device": "auto", "threads": 1, "data_dir": "data/raw",
         "datasets": {"cifar10": {"source": "cifar10", "n_examples": N,
-                                 "eps": 8 / 255, "md5": {"test_batch": md5}}},
+                                 "eps": 8 / 255, "md5": md5s}},
         "model_zoo": {"c10_aa_resnet18": {"source": "pyautoattack_resnet18",
                                           "dataset": "cifar10"}},
         "models": ["c10_aa_resnet18"], "losses": ["ce", "tmifpe"], "budgets": [3],
@@ -88,7 +89,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
     assert "c10_aa_resnet18" in html and "http://" not in html and "https://" not in html
 
     # a wrong MD5 (a corrupt or different file) fails the data stage with a one-line error
-    suite["datasets"]["cifar10"]["md5"] = {"test_batch": "0" * 32}
+    suite["datasets"]["cifar10"]["md5"] = {**md5s, "test_batch": "0" * 32}
     (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
     bad = _dvc(repo, "repro", "data@cifar10", check=False)
     assert bad.returncode != 0

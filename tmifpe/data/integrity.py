@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +13,7 @@ _CHUNK = 1 << 20
 DOWNLOAD_SOCKET_TIMEOUT_S = 30.0  # per socket operation, so a dead network fails instead of hanging
 
 
-class DataIntegrityError(Exception):
+class DataIntegrityError(ValueError):
     """A data file exists but is not the published file (wrong MD5, truncated, bad header)."""
 
 
@@ -25,22 +25,6 @@ def md5_of(path: Path, chunk_size: int = _CHUNK) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def verify_md5(path: Path, expected: str) -> None:
-    """Raise DataIntegrityError naming ``path`` unless its MD5 equals ``expected``."""
-    actual = md5_of(path)
-    if actual != expected.lower():
-        raise DataIntegrityError(
-            f"{path}: md5 {actual} does not match the published md5 {expected.lower()} "
-            "(corrupt or truncated file); delete it and download it again"
-        )
-
-
-def expected_md5_for(name: str, published: str, overrides: Mapping[str, str] | None) -> str:
-    """The md5 to check for file ``name``: an override if given for it, else the published one."""
-    if overrides is not None and name in overrides:
-        return overrides[name]
-    return published
 
 
 @contextmanager
