@@ -1,17 +1,33 @@
-"""Figures as inline SVG, built from the aggregate tables without a plotting library.
+"""Figures from the aggregate tables, drawn with matplotlib (object API, no pyplot state).
 
-Geometry (scales, ticks, polylines) is computed here; ``templates/panel.svg.j2`` writes the
-markup with autoescaping, so model names can never inject markup. Coordinates are printed with
-one decimal, so the same tables give the same bytes.
+Each figure is rendered twice from the same ``matplotlib.figure.Figure``: an SVG inlined in the
+HTML report and a vector PDF under ``reports/figures/`` for a LaTeX paper. Both are byte-stable:
+the SVG's ids come from a fixed ``svg.hashsalt`` and neither file carries a date
+(``metadata={"Date": None}`` / ``{"CreationDate": None}``). Labels are plain text
+(``text.parse_math`` off), so a ``$`` in a model name is never read as mathtext, and the SVG
+writer escapes every label.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
+import matplotlib
 import polars as pl
+from markupsafe import Markup
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from tmifpe.report.output import write_bytes_atomic
 from tmifpe.report.views import (
     HEADLINE_PRECISION,
     LOSS_LABELS,
@@ -24,86 +40,40 @@ from tmifpe.report.views import (
     precision_rank,
 )
 
+FIGURES_DIR = Path("reports/figures")
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
 LOSS_COLORS = dict(zip(LOSS_ORDER, OKABE_ITO, strict=False))
 PRECISION_COLORS = {"fp16": "#D55E00", "bf16": "#E69F00", "fp32": "#0072B2", "fp64": "#009E73"}
 AA_COLOR = "#555555"
-DASH = "5 3"
-
-
-@dataclass(frozen=True)
-class Tick:
-    pos: str
-    label: str
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A polyline (``points``), bar (``x y w h``) or marker (``x y``, ``shape``)."""
-
-    kind: str
-    color: str
-    label: str
-    points: str = ""
-    x: str = ""
-    y: str = ""
-    w: str = ""
-    h: str = ""
-    dash: str = ""
-    shape: str = "circle"
-    hollow: bool = False
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    width: int
-    height: int
-    left: int
-    right: int
-    top: int
-    bottom: int
-    x_label: str
-    y_label: str
-    x_ticks: tuple[Tick, ...]
-    y_ticks: tuple[Tick, ...]
-    marks: tuple[Mark, ...]
-    slanted_x: bool = False
-
-
-@dataclass(frozen=True)
-class LegendItem:
-    label: str
-    color: str
-    style: str  # "line", "dashed", "box", "diamond"
+RC = {
+    "svg.hashsalt": "tmifpe", "svg.fonttype": "none", "pdf.fonttype": 42,
+    "text.parse_math": False, "font.family": "DejaVu Sans", "font.size": 9,
+    "axes.grid": True, "grid.color": "#e6e6e6", "axes.spines.top": False,
+    "axes.spines.right": False, "legend.frameon": False,
+}
+SVG_METADATA = {"Date": None, "Creator": None}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None}
 
 
 @dataclass(frozen=True)
 class Figure:
+    """A rendered figure: ``svg`` (inline markup, empty when there is no data) and ``pdf``."""
+
     key: str
     title: str
     caption: str
-    legend: tuple[LegendItem, ...]
-    panels: tuple[Panel, ...] = field(default_factory=tuple)
+    svg: Markup
+    pdf: bytes
+
+    @property
+    def empty(self) -> bool:
+        return not self.svg
 
 
-@dataclass(frozen=True)
-class Scale:
-    lo: float
-    hi: float
-    a: float  # pixel of lo
-    b: float  # pixel of hi
-    log: bool = False
-
-    def __call__(self, v: float) -> float:
-        f = math.log10 if self.log else float
-        span = f(self.hi) - f(self.lo)
-        t = (f(v) - f(self.lo)) / span if span else 0.5
-        return self.a + t * (self.b - self.a)
-
-
-def c(v: float) -> str:
-    return f"{v:.1f}"
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(RC):
+        yield
 
 
 def short_name(loss: str, targeted: bool) -> str:
@@ -114,35 +84,6 @@ def loss_color(loss: str) -> str:
     if loss in LOSS_COLORS:
         return LOSS_COLORS[loss]
     return OKABE_ITO[-1 - (sum(map(ord, loss)) % 2)]
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    raw = (hi - lo) / n if hi > lo else 1.0
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw - 1e-12)
-    first = math.ceil(lo / step - 1e-9) * step
-    count = math.floor((hi - first) / step + 1e-9) + 1
-    return [round(first + i * step, 10) for i in range(max(count, 0))]
-
-
-def tick_label(v: float) -> str:
-    return f"{v:g}" if abs(v) < 1e5 else f"{v:.0e}"
-
-
-def percent_range(values: list[float], *, from_zero: bool = False) -> tuple[float, float]:
-    if not values:
-        return 0.0, 100.0
-    lo = 0.0 if from_zero else max(0.0, math.floor((min(values) - 2.0) / 5.0) * 5.0)
-    hi = min(100.0, math.ceil((max(values) + 2.0) / 5.0) * 5.0)
-    return (lo, hi) if hi > lo else (max(0.0, lo - 5.0), min(100.0, hi + 5.0))
-
-
-def frame_panel(title: str, x: Scale, y: Scale, marks: list[Mark], *, x_label: str,
-                y_label: str, x_ticks: list[Tick], width: int, slanted_x: bool = False,
-                bottom: int = 40) -> Panel:
-    y_ticks = tuple(Tick(c(y(v)), tick_label(v)) for v in nice_ticks(y.lo, y.hi))
-    return Panel(title, width, int(y.a) + bottom, int(x.a), width - int(x.b), int(y.b),
-                 int(y.a), x_label, y_label, tuple(x_ticks), y_ticks, tuple(marks), slanted_x)
 
 
 def _by_model(frame: pl.DataFrame, tables: dict) -> list[tuple[str, tuple, pl.DataFrame]]:
@@ -160,12 +101,47 @@ def _aa_acc(tables: dict) -> dict[tuple, dict]:
             for r in tables["autoattack"].iter_rows(named=True)}
 
 
-def _attack_legend(frame: pl.DataFrame, with_aa: bool) -> tuple[LegendItem, ...]:
-    items = [LegendItem(short_name(lo, t), loss_color(lo), "dashed" if t else "line")
-             for lo, t in attacks(frame)]
+def _grid(n: int, *, width: float = 3.6, height: float = 2.7) -> tuple[MplFigure, list[Axes]]:
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = MplFigure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _attack_handles(frame: pl.DataFrame, with_aa: bool) -> list:
+    handles = [Line2D([], [], color=loss_color(lo), ls="--" if t else "-",
+                      label=short_name(lo, t)) for lo, t in attacks(frame)]
     if with_aa:
-        items.append(LegendItem("AutoAttack", AA_COLOR, "diamond"))
-    return tuple(items)
+        handles.append(Line2D([], [], color=AA_COLOR, ls=":", marker="D", label="AutoAttack"))
+    return handles
+
+
+def _legend(fig: MplFigure, handles: list) -> None:
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+
+
+def render(key: str, title: str, caption: str, fig: MplFigure | None) -> Figure:
+    """SVG (for inlining: no XML prolog) and PDF bytes of ``fig``, both without dates."""
+    if fig is None:
+        return Figure(key, title, caption, Markup(""), b"")
+    with _style():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata=SVG_METADATA)
+        svg = buf.getvalue().decode("utf-8")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="pdf", metadata=PDF_METADATA)
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<svg ", f'<svg class="figure" aria-label="{_attr(title)}" ', svg, count=1)
+    # matplotlib's SVG writer escapes every text it draws; the title is escaped above
+    return Figure(key, title, caption, Markup(svg), buf.getvalue())
+
+
+def _attr(text: str) -> str:
+    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+            .replace(">", "&gt;"))
 
 
 def iterations_figure(tables: dict) -> Figure:
@@ -174,35 +150,26 @@ def iterations_figure(tables: dict) -> Figure:
     steps = steps.filter(pl.col("budget") == pl.col("budget").max().over(
         "suite", "model", "loss", "targeted"))
     aa = _aa_acc(tables)
-    panels = []
-    for label, m, part in _by_model(steps, tables):
-        ref = aa.get(m, {}).get("robust_acc")
-        values = [100 * v for v in part["robust_acc"].drop_nulls().to_list()]
-        y = Scale(*percent_range(values + ([100 * ref] if ref is not None else [])), 210, 28)
-        x = Scale(0, max(int(part["budget"].max()), 1), 52, 358)
-        marks = []
-        for lo, t in attacks(part):
-            run = part.filter(pl.col("loss") == lo, pl.col("targeted") == t).sort("iteration")
-            pts: list[str] = []
-            level = ""  # pixel row of the current step
-            for it, acc in run.drop_nulls("robust_acc").select("iteration", "robust_acc").rows():
-                if level:
-                    pts.append(f"{c(x(it))},{level}")
-                level = c(y(100 * acc))
-                pts.append(f"{c(x(it))},{level}")
-            marks.append(Mark("line", loss_color(lo), short_name(lo, t), points=" ".join(pts),
-                              dash=DASH if t else ""))
-        if ref is not None:
-            marks.append(Mark("line", AA_COLOR, f"AutoAttack {100 * ref:.2f}%", dash="2 3",
-                              points=f"{c(x.a)},{c(y(100 * ref))} {c(x.b)},{c(y(100 * ref))}"))
-        ticks = [Tick(c(x(v)), tick_label(v)) for v in nice_ticks(x.lo, x.hi, 4)]
-        panels.append(frame_panel(label, x, y, marks, x_label="iteration",
-                                  y_label="robust accuracy (%)", x_ticks=ticks, width=380))
-    return Figure(
+    parts = _by_model(steps, tables)
+    fig = None
+    if parts:
+        with _style():
+            fig, axes = _grid(len(parts))
+            for ax, (label, m, part) in zip(axes, parts, strict=True):
+                for lo, t in attacks(part):
+                    run = part.filter(pl.col("loss") == lo, pl.col("targeted") == t)
+                    run = run.drop_nulls("robust_acc").sort("iteration")
+                    ax.step(run["iteration"].to_list(), (100 * run["robust_acc"]).to_list(),
+                            where="post", color=loss_color(lo), ls="--" if t else "-", lw=1.4)
+                ref = aa.get(m, {}).get("robust_acc")
+                if ref is not None:
+                    ax.axhline(100 * ref, color=AA_COLOR, ls=":", lw=1.2)
+                ax.set(title=label, xlabel="iteration", ylabel="robust accuracy (%)")
+            _legend(fig, _attack_handles(steps, bool(aa)))
+    return render(
         "fig-iterations", "Robust accuracy against iterations",
         f"At {HEADLINE_PRECISION}, each attack's run with its largest budget; the attack's own "
-        "verdict at each iteration (dashed: targeted; dotted grey: AutoAttack).",
-        _attack_legend(steps, bool(aa)), tuple(panels))
+        "verdict at each iteration (dashed: targeted; dotted grey: AutoAttack).", fig)
 
 
 def precision_figure(tables: dict) -> Figure:
@@ -211,36 +178,34 @@ def precision_figure(tables: dict) -> Figure:
     ra = tables["robust_accuracy"]
     budgets = common_budgets(ra)
     precisions = sorted(ra["precision"].unique().to_list(), key=precision_rank)
-    panels = []
-    for label, m, part in _by_model(ra, tables):
-        part = part.filter(pl.col("budget") == budgets[m])
-        acc = {(lo, t, p): v for lo, t, p, v in part.select(
-            "loss", "targeted", "precision", "robust_acc").iter_rows()}
-        groups = attacks(part)
-        y = Scale(0.0, percent_range([100 * v for v in acc.values() if v is not None],
-                                     from_zero=True)[1], 200, 28)
-        width = max(380, 60 + 14 * len(groups) * (len(precisions) + 1))
-        x = Scale(0, len(groups), 52, width - 12)
-        slot = (x.b - x.a) / max(len(groups), 1) / (len(precisions) + 1)
-        marks, ticks = [], []
-        for g, (lo, t) in enumerate(groups):
-            ticks.append(Tick(c(x(g + 0.5)), short_name(lo, t)))
-            for k, p in enumerate(precisions):
-                v = acc.get((lo, t, p))
-                if v is None:
-                    continue
-                left = x(g) + slot * (k + 0.5)
-                marks.append(Mark("bar", PRECISION_COLORS.get(p, AA_COLOR),
-                                  f"{short_name(lo, t)} {p}: {100 * v:.2f}%", x=c(left),
-                                  y=c(y(100 * v)), w=c(slot * 0.92), h=c(y.a - y(100 * v))))
-        panels.append(frame_panel(f"{label} (N = {budgets[m]})", x, y, marks, x_label="",
-                                  y_label="robust accuracy (%)", x_ticks=ticks, width=int(width),
-                                  slanted_x=True, bottom=62))
-    legend = tuple(LegendItem(p, PRECISION_COLORS.get(p, AA_COLOR), "box") for p in precisions)
-    return Figure(
+    parts = _by_model(ra, tables)
+    fig = None
+    if parts:
+        with _style():
+            fig, axes = _grid(len(parts), width=max(3.6, 1.2 * len(precisions)))
+            for ax, (label, m, part) in zip(axes, parts, strict=True):
+                part = part.filter(pl.col("budget") == budgets[m])
+                acc = {(lo, t, p): v for lo, t, p, v in part.select(
+                    "loss", "targeted", "precision", "robust_acc").iter_rows()}
+                groups = attacks(part)
+                slot = 1.0 / (len(precisions) + 1)
+                for k, p in enumerate(precisions):
+                    xs = [g + slot * (k + 0.5) for g, (lo, t) in enumerate(groups)
+                          if acc.get((lo, t, p)) is not None]
+                    ys = [100 * acc[(lo, t, p)] for lo, t in groups
+                          if acc.get((lo, t, p)) is not None]
+                    ax.bar(xs, ys, width=slot * 0.92, align="edge",
+                           color=PRECISION_COLORS.get(p, AA_COLOR))
+                ax.set_xticks([g + 0.5 - slot / 2 for g in range(len(groups))],
+                              [short_name(lo, t) for lo, t in groups], rotation=35, ha="right")
+                ax.grid(axis="x", visible=False)
+                ax.set(title=f"{label} (budget {budgets[m]})", ylabel="robust accuracy (%)")
+            _legend(fig, [Patch(color=PRECISION_COLORS.get(p, AA_COLOR), label=p)
+                          for p in precisions])
+    return render(
         "fig-precision", "Precision comparison",
         "Robust accuracy (fp32 verdict) by the precision the attack ran in, at the largest "
-        "budget every precision ran (-T: targeted).", legend, tuple(panels))
+        "budget every precision ran (-T: targeted).", fig)
 
 
 def cost_figure(tables: dict) -> Figure:
@@ -248,47 +213,49 @@ def cost_figure(tables: dict) -> Figure:
     keys = ["suite", "dataset", "model", "loss", "targeted", "precision", "budget"]
     runs = tables["robust_accuracy"].join(tables["attack_cost"].select(*keys, "cost_per_point"),
                                           on=keys, how="inner")
-    runs = runs.filter(pl.col("precision") == HEADLINE_PRECISION)
+    runs = runs.filter(pl.col("precision") == HEADLINE_PRECISION,
+                       pl.col("cost_per_point") > 0, pl.col("robust_acc").is_not_null())
     aa = _aa_acc(tables)
-    panels = []
-    for label, m, part in _by_model(runs, tables):
-        ref = aa.get(m, {})
-        pts = [(r["cost_per_point"], r["robust_acc"]) for r in part.iter_rows(named=True)]
-        if ref.get("cost_per_point") and ref.get("robust_acc") is not None:
-            pts.append((ref["cost_per_point"], ref["robust_acc"]))
-        costs = [max(p[0], 1e-9) for p in pts if p[0] and p[1] is not None]
-        if not costs:
-            continue
-        lo_dec = math.floor(math.log10(min(costs)))
-        hi_dec = max(math.ceil(math.log10(max(costs))), lo_dec + 1)
-        x = Scale(10.0 ** lo_dec, 10.0 ** hi_dec, 52, 352, log=True)
-        y = Scale(*percent_range([100 * p[1] for p in pts if p[1] is not None]), 210, 28)
-        marks = []
-        for lo, t in sorted(part.select("loss", "targeted").unique().iter_rows(), key=attack_rank):
-            series = part.filter(pl.col("loss") == lo, pl.col("targeted") == t).sort("budget")
-            xy = [(cp, v, b) for cp, v, b in series.select(
-                "cost_per_point", "robust_acc", "budget").iter_rows() if cp and v is not None]
-            name = short_name(lo, t)
-            marks.append(Mark("line", loss_color(lo), name, dash=DASH if t else "",
-                              points=" ".join(f"{c(x(cp))},{c(y(100 * v))}" for cp, v, _ in xy)))
-            marks += [Mark("marker", loss_color(lo), f"{name}, N = {b}: {100 * v:.2f}% at "
-                           f"{cp:.0f} passes/point", x=c(x(cp)), y=c(y(100 * v)), hollow=t)
-                      for cp, v, b in xy]
-        if ref.get("cost_per_point") and ref.get("robust_acc") is not None:
-            marks.append(Mark("marker", AA_COLOR, f"AutoAttack: {100 * ref['robust_acc']:.2f}%",
-                              x=c(x(ref["cost_per_point"])), y=c(y(100 * ref["robust_acc"])),
-                              shape="diamond"))
-        ticks = [Tick(c(x(10.0 ** d)), tick_label(10.0 ** d)) for d in range(lo_dec, hi_dec + 1)]
-        panels.append(frame_panel(label, x, y, marks, x_label="cost per point (log)",
-                                  y_label="robust accuracy (%)", x_ticks=ticks, width=380))
-    return Figure(
+    parts = _by_model(runs, tables)
+    fig = None
+    if parts:
+        with _style():
+            fig, axes = _grid(len(parts))
+            for ax, (label, m, part) in zip(axes, parts, strict=True):
+                for lo, t in sorted(part.select("loss", "targeted").unique().iter_rows(),
+                                    key=attack_rank):
+                    s = part.filter(pl.col("loss") == lo, pl.col("targeted") == t).sort("budget")
+                    ax.plot(s["cost_per_point"].to_list(), (100 * s["robust_acc"]).to_list(),
+                            color=loss_color(lo), ls="--" if t else "-", marker="o", ms=3.5,
+                            mfc="white" if t else loss_color(lo), lw=1.3)
+                ref = aa.get(m, {})
+                if ref.get("cost_per_point") and ref.get("robust_acc") is not None:
+                    ax.plot([ref["cost_per_point"]], [100 * ref["robust_acc"]], ls="none",
+                            marker="D", color=AA_COLOR, ms=5)
+                ax.set_xscale("log")  # plain tick labels: mathtext is off for every text
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set(title=label, xlabel="cost per point (passes, log)",
+                       ylabel="robust accuracy (%)")
+            _legend(fig, _attack_handles(runs, bool(aa)))
+    return render(
         "fig-cost", "Cost against robust accuracy",
         f"At {HEADLINE_PRECISION}: each attack across its budgets (cost = forward + backward "
         "passes per point) and AutoAttack (2 × gradient evaluations + forward-only queries per "
-        "point, counted the same way); lower and further left is better.",
-        _attack_legend(runs, bool(aa)), tuple(panels))
+        "point, counted the same way); lower and further left is better.", fig)
 
 
 def all_figures(tables: dict) -> list[Figure]:
     return [iterations_figure(tables), precision_figure(tables), cost_figure(tables)]
 
+
+def write_figures(tables: dict, out_dir: Path = FIGURES_DIR) -> list[Path]:
+    """The figures as vector PDFs ``<out_dir>/<key>.pdf`` (written atomically); returns them."""
+    written = []
+    for fig in all_figures(tables):
+        if fig.empty:
+            continue
+        path = Path(out_dir) / f"{fig.key.removeprefix('fig-')}.pdf"
+        write_bytes_atomic(path, fig.pdf)
+        written.append(path)
+    return written

@@ -157,7 +157,7 @@ def main_grid(tables: dict[str, pl.DataFrame]) -> Grid:
                  "counts an example robust only if it survives every attack listed."),
         corner="Attack",
         columns=tuple(model_label(m, all_models) for m in all_models),
-        subcolumns=tuple(f"N = {budgets[m]}" if m in budgets else "" for m in all_models),
+        subcolumns=tuple(f"budget {budgets[m]}" if m in budgets else "" for m in all_models),
         blocks=(Block(None, mark_best(rows)), Block(None, plain(reference))),
     )
 
@@ -175,7 +175,7 @@ def precision_grid(tables: dict[str, pl.DataFrame]) -> Grid:
     for m in (m for m in all_models if m in budgets):
         rows = [(attack_name(*a), [percent(acc.get((*m, *a, p, budgets[m]))) for p in precisions])
                 for a in attacks(ra.filter(pl.col("model") == m[2], pl.col("suite") == m[0]))]
-        blocks.append(Block(f"{model_label(m, all_models)} (N = {budgets[m]})", mark_best(rows)))
+        blocks.append(Block(f"{model_label(m, all_models)} (budget {budgets[m]})", mark_best(rows)))
     return Grid(
         key="precision",
         title="Robust accuracy by attack precision",
@@ -209,7 +209,7 @@ def budget_grid(tables: dict[str, pl.DataFrame]) -> Grid:
         caption=(f"Robust accuracy (%) at {HEADLINE_PRECISION} by iteration budget N; lowest "
                  "value per column and model in bold; a dash marks a run not made."),
         corner="Attack",
-        columns=tuple(f"N = {b}" for b in budgets),
+        columns=tuple(f"budget {b}" for b in budgets),
         subcolumns=(),
         blocks=tuple(blocks),
     )
