@@ -138,11 +138,12 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
     """Check every argument, then load data and model (cheap checks first)."""
     import torch
 
-    from tmifpe.data.spec import NAMED, load_eval_set
-    from tmifpe.models.spec import load_spec_model, parse_model_spec
+    from tmifpe.data.spec import NAMED, check_dataset_spec, load_eval_set
+    from tmifpe.models.spec import check_robustbench_id, load_spec_model, parse_model_spec
     from tmifpe.runtime import resolve_device
 
     spec = parse_model_spec(model, weights)
+    check_dataset_spec(dataset)
     if eps is None:
         if dataset not in NAMED:
             raise ValueError(f"--eps is required for an image folder (--dataset {dataset})")
@@ -157,9 +158,12 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
         raise ValueError(str(err)) from None
     if threads is not None:
         torch.set_num_threads(threads)
+    rb_dataset = dataset if dataset in NAMED else ""
+    if spec.kind == "robustbench":  # before any data download
+        check_robustbench_id(spec.value, rb_dataset, threat_model)
     data = load_eval_set(dataset, n_examples, data_dir)
-    net = load_spec_model(spec, weights=weights, dataset=data.name if dataset in NAMED else "",
-                          threat_model=threat_model, model_dir=model_dir)
+    net = load_spec_model(spec, weights=weights, dataset=rb_dataset, threat_model=threat_model,
+                          model_dir=model_dir)
     _check_model_fits(net, data, spec.value, dataset)
     return {"spec": spec, "data": data, "model": net, "eps": float(eps), "device": dev,
             "out": out, "dataset_arg": dataset, "weights": weights}
@@ -197,7 +201,9 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
                          f"{len(data.classes)}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, transient=False, redirect_stdout=False) as bar:
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True), redirect_stdout=False) as bar:
         task = bar.add_task(f"{attack.value} {loss} {precision} budget {budget}", total=n)
         res = run_evaluate(net, data.x, data.y, loss=loss, eps=ctx["eps"], budget=budget,
                            precision=precision, targets=targets, seed=seed,

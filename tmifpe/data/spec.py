@@ -24,6 +24,13 @@ class EvalSet:
     classes: tuple[str, ...]
 
 
+def check_dataset_spec(spec: str) -> None:
+    """Raise DatasetSpecError unless ``spec`` is a known name or an existing folder."""
+    if spec not in NAMED and not Path(spec).is_dir():
+        raise DatasetSpecError(f"--dataset {spec!r}: expected one of {', '.join(NAMED)} or a "
+                               "folder in ImageFolder layout (<dir>/<class>/<image>)")
+
+
 def load_eval_set(spec: str, n_examples: int | None, data_dir: Path) -> EvalSet:
     """The first ``n_examples`` test points of ``spec`` (all of them when None)."""
     if n_examples is not None and n_examples < 1:
@@ -49,10 +56,8 @@ def load_eval_set(spec: str, n_examples: int | None, data_dir: Path) -> EvalSet:
         x, y = load_cifar(spec, n_examples or N_TEST, data_dir)
         k = 10 if spec == "cifar10" else 100
         return EvalSet(spec, x, y, tuple(str(c) for c in range(k)))
+    check_dataset_spec(spec)
     path = Path(spec)
-    if not path.is_dir():
-        raise DatasetSpecError(f"--dataset {spec!r}: expected one of {', '.join(NAMED)} or a "
-                               "folder in ImageFolder layout (<dir>/<class>/<image>)")
     from tmifpe.data.folder import load_image_folder
 
     x, y, classes = load_image_folder(path, n_examples)

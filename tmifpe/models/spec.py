@@ -127,7 +127,9 @@ def _load_factory(spec: str, weights: Path | None) -> nn.Module:
     return model
 
 
-def _load_robustbench(model_id: str, dataset: str, threat_model: str, model_dir: Path) -> nn.Module:
+def check_robustbench_id(model_id: str, dataset: str, threat_model: str) -> None:
+    """Raise ModelSpecError unless RobustBench's model zoo lists ``model_id`` for the dataset
+    and threat model (no download)."""
     if dataset not in ROBUSTBENCH_DATASETS:
         raise ModelSpecError(f"RobustBench model {model_id!r} needs --dataset one of "
                              f"{', '.join(ROBUSTBENCH_DATASETS)}, got {dataset!r}")
@@ -137,12 +139,17 @@ def _load_robustbench(model_id: str, dataset: str, threat_model: str, model_dir:
     import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    from robustbench.utils import load_model
 
     known = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
     if model_id not in known:
         raise ModelSpecError(f"--model {model_id!r} is not a file, not package.module:factory and "
                              f"not a RobustBench {dataset}/{threat_model} model ID")
+
+
+def _load_robustbench(model_id: str, dataset: str, threat_model: str, model_dir: Path) -> nn.Module:
+    check_robustbench_id(model_id, dataset, threat_model)
+    from robustbench.utils import load_model
+
     try:
         return load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset,
                           threat_model=threat_model)

@@ -1,0 +1,20 @@
+"""tmifpe: floating-point error in adversarial-attack gradients, measured and fixed (T-MIFPE).
+
+``tmifpe.evaluate(model, x, y, loss=..., eps=..., budget=..., precision=..., targets=...)`` runs
+a verified PGD evaluation and returns an :class:`tmifpe.api.EvalResult` (see :mod:`tmifpe.api`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["EvalResult", "__version__", "evaluate"]
+
+
+def __getattr__(name: str) -> Any:  # torch is imported only when the API is used
+    if name in ("evaluate", "EvalResult"):
+        from tmifpe import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tmifpe' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Attack engines; the loss is injected, precision comes from the wrapped model."""

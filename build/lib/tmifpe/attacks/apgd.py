@@ -1,0 +1,285 @@
+"""l∞ APGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", Algorithm 1) with an injected loss.
+
+[APGD paper] Step size η = 2·eps at the start, one per example; momentum α = 0.75 (α = 1 at the
+first step):
+
+    z^{k+1} = P(x^k + η·sign(∇f(x^k)))
+    x^{k+1} = P(x^k + α·(z^{k+1} − x^k) + (1 − α)·(x^k − x^{k−1}))
+
+with P the projection onto eps-ball ∩ [0,1]. Checkpoints w_j = ⌈p_j·N⌉ with p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) (:func:`checkpoints`). At w_j the step of an example
+is halved when
+
+    (a) #{i ∈ [w_{j−1}, w_j) : f(x^{i+1}) > f(x^i)} < ρ·(w_j − w_{j−1}),  ρ = 0.75, or
+    (b) η was not halved at w_{j−1} and f_max did not increase since w_{j−1},
+
+and a halved example restarts from its best point x_max (with the gradient stored there).
+
+Choices made here [derived here], where the paper leaves room or this project differs:
+
+* **Progress measure f.** ``Progress.LOSS`` judges (a)/(b) and x_max by the attack loss itself,
+  as APGD does for CE and DLR. Losses that rescale the logits per iterate (MIFPE: c = 1/Δ;
+  T-MIFPE: c = t*/Δ, t* recomputed every step) pin the scaled top-2 gap near a constant, so their
+  values at two iterates are not comparable (an unsuccessful iterate's T-MIFPE value depends on
+  the logit *ratios* a_j, hardly on how close the attack is to success). ``Progress.MARGIN``
+  judges by the C&W margin of the same forward pass, max_{j≠y} z_j − z_y (untargeted) or
+  z_t − max_{j≠t} z_j (targeted): raw logits, no exponentials, so it is comparable across
+  iterates, does not saturate in low precision (CE's value rounds to 0 once the gap exceeds
+  −ln u, e.g. 5.5 in bf16), and is > 0 exactly at success. It costs no extra pass.
+* **Freeze on success** like :func:`tmifpe.attacks.pgd.run_pgd`: an example leaves the run at the
+  first iterate that is misclassified in the attack dtype (targeted runs too, as in run_pgd).
+* **Random start** [APGD code]: x0 + eps·u/‖u‖∞, u ~ U[−1,1]^d, drawn on the CPU generator,
+  then projected; this is APGD's start, not the eps-ball-vertex start of run_pgd.
+* **After a restart from x_max** the momentum term is reset (x^{k−1} := x_max) and the next
+  increase is judged against f(x_max); the reference code instead keeps x^{k−1} of the abandoned
+  iterate. (b) may fire at the first checkpoint (the paper's condition; the code skips it).
+* **Checkpoints** are computed exactly (p_j in hundredths, integer ceil). The reference code uses
+  ⌊0.22·N⌋ and integer interval decrements, which agree for N = 100 (22, 41, …, 99) but not
+  for small N (N = 20: formula 5, 9, 12, 14, 16, 18, 19, 20; code 4, 7, 9, 10, …).
+* **Budget.** N iterations = N + 1 forward passes and N backward passes per example (the last
+  iterate is only checked), as in run_pgd. Robust examples return x_max of their last run (the
+  highest-progress iterate, including the last one); successful ones the successful iterate.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tmifpe.attacks.projection import linf_box, project
+from tmifpe.attacks.runs import (
+    PGDResult,
+    RunState,
+    check_class_range,
+    check_inputs,
+    run_restarts_and_targets,
+)
+from tmifpe.losses import LossFn
+from tmifpe.precision import PrecisionModel
+
+P1_HUNDREDTHS = 22  # p_1 = 0.22
+DECREMENT_HUNDREDTHS = 3  # 0.03
+MIN_INTERVAL_HUNDREDTHS = 6  # 0.06
+
+
+class Progress(str, enum.Enum):
+    """What APGD's step-size rule and x_max compare between iterates (module docstring)."""
+
+    LOSS = "loss"
+    MARGIN = "margin"
+
+
+@dataclass(frozen=True)
+class APGDConfig:
+    eps: float
+    steps: int  # N iterations
+    rho: float = 0.75
+    momentum: float = 0.75
+    initial_step: float = 2.0  # η_0 = initial_step · eps
+    restarts: int = 1
+    targeted: bool = False
+    n_targets: int = 9
+    progress: Progress = Progress.LOSS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eps <= 1.0:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if not 0.0 < self.rho <= 1.0:
+            raise ValueError(f"rho must be in (0, 1], got {self.rho}")
+        if not self.initial_step > 0.0:
+            raise ValueError(f"initial_step must be > 0, got {self.initial_step}")
+        if self.targeted and self.n_targets < 1:
+            raise ValueError(f"n_targets must be >= 1 for a targeted attack, got {self.n_targets}")
+        if not isinstance(self.progress, Progress):
+            object.__setattr__(self, "progress", _parse_progress(self.progress))
+
+
+def _parse_progress(name: object) -> Progress:
+    try:
+        return Progress(name)
+    except ValueError:
+        allowed = ", ".join(p.value for p in Progress)
+        raise ValueError(f"unknown progress measure {name!r}; expected one of: {allowed}") from None
+
+
+def checkpoint_fractions() -> tuple[int, ...]:
+    """[APGD paper] p_1, p_2, … ≤ 1 in hundredths: p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) → 22, 41, 57, 70, 80, 87, 93, 99."""
+    out, prev, cur = [], 0, P1_HUNDREDTHS
+    while cur <= 100:
+        out.append(cur)
+        prev, cur = cur, cur + max(cur - prev - DECREMENT_HUNDREDTHS, MIN_INTERVAL_HUNDREDTHS)
+    return tuple(out)
+
+
+def checkpoints(steps: int) -> tuple[int, ...]:
+    """[APGD paper] Iterations w_j = ⌈p_j·N⌉ (distinct, ≥ 1) at which the step may be halved;
+    exact integer arithmetic. N = 100 → (22, 41, 57, 70, 80, 87, 93, 99)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ws = (-(-p * steps // 100) for p in checkpoint_fractions())  # ceil(p·N/100)
+    return tuple(sorted({w for w in ws if w >= 1}))
+
+
+def run_apgd(
+    model: PrecisionModel,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    config: APGDConfig,
+    *,
+    attack_mask: Tensor | None = None,
+    targets: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> PGDResult:
+    """APGD on the examples selected by ``attack_mask`` (default: all); see module docstring.
+
+    Same contract as :func:`tmifpe.attacks.pgd.run_pgd`: ``targets`` (N, T) is required when
+    ``config.targeted`` (see :func:`tmifpe.attacks.pgd.attack_targets`); restarts and targets
+    run one after another, each only on the still-robust examples; x_adv is float32.
+    """
+    check_inputs(x, y, targets, config.targeted)
+    if attack_mask is not None and (attack_mask.shape != x.shape[:1]
+                                    or attack_mask.dtype != torch.bool):
+        raise ValueError(f"attack_mask must be bool of shape ({x.shape[0]},), got "
+                         f"{attack_mask.dtype} {tuple(attack_mask.shape)}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
+
+    def single_run(x0: Tensor, y0: Tensor, tgt: Tensor | None, state: RunState,
+                   idx: Tensor) -> None:
+        _single_run(model, x0, y0, tgt, loss_fn, config, gen, state, idx)
+
+    return run_restarts_and_targets(x, y, targets, attack_mask, config.restarts,
+                                    config.targeted, single_run)
+
+
+def uniform_start(x0: Tensor, eps: float, lo: Tensor, hi: Tensor,
+                  gen: torch.Generator) -> Tensor:
+    """[APGD code] x0 + eps·u/‖u‖∞ per example, u ~ U[−1,1]^d (CPU generator), projected."""
+    u = 2.0 * torch.rand(x0.shape, generator=gen, device=gen.device) - 1.0
+    u = u / (u.flatten(1).abs().amax(dim=1).view(-1, *[1] * (u.dim() - 1)) + 1e-12)
+    return project(x0 + eps * u.to(x0), lo, hi)
+
+
+def progress_margin(logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+    """C&W margin in float64, maximised: max_{j≠y} z_j − z_y, or z_t − max_{j≠t} z_j."""
+    z = logits.detach().double()
+    k = labels if targets is None else targets
+    z_k = z.gather(1, k[:, None]).squeeze(1)
+    other = z.scatter(1, k[:, None], float("-inf")).amax(dim=1)
+    return other - z_k if targets is None else z_k - other
+
+
+def _single_run(
+    model: PrecisionModel,
+    x0: Tensor,
+    y: Tensor,
+    tgt: Tensor | None,
+    loss_fn: LossFn,
+    cfg: APGDConfig,
+    gen: torch.Generator,
+    acc: RunState,
+    idx: Tensor,
+) -> None:
+    """One APGD run of ``cfg.steps`` iterations on rows ``idx`` (CPU) of the batch."""
+    n, dev = x0.shape[0], x0.device
+    view = (-1, *[1] * (x0.dim() - 1))
+    lo, hi = linf_box(x0, cfg.eps)
+    x_cur = uniform_start(x0, cfg.eps, lo, hi, gen)
+    x_prev, x_best = x_cur.clone(), x_cur.clone()
+    grad, grad_best = torch.zeros_like(x0), torch.zeros_like(x0)
+    step = torch.full((n,), cfg.initial_step * cfg.eps, dtype=torch.float64, device=dev)
+    f_cur = torch.full((n,), float("-inf"), dtype=torch.float64, device=dev)
+    f_best, f_check = f_cur.clone(), f_cur.clone()
+    n_incr = torch.zeros(n, dtype=torch.int64, device=dev)
+    halved = torch.zeros(n, dtype=torch.bool, device=dev)  # halved at the previous checkpoint
+    marks, last_mark = set(checkpoints(cfg.steps)), 0
+    live = torch.arange(n, device=dev)  # rows of x0 still attacked
+    for k in range(cfg.steps + 1):
+        need_grad = k < cfg.steps
+        xk = x_cur[live].requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            logits = model(xk)  # (n_live, K), attack dtype
+        if k == 0:
+            check_class_range(logits.shape[1], y, tgt)
+        rows = idx[live.cpu()]
+        acc.fwd[rows] += 1
+        hit = logits.detach().argmax(dim=1) != y[live]
+        acc.record_success(rows[hit.cpu()], x_cur[live[hit]], k, tgt, live[hit])
+        keep = ~hit
+        if not bool(keep.any()):
+            return
+        t_live = None if tgt is None else tgt[live]
+        with torch.set_grad_enabled(need_grad):
+            loss = loss_fn(logits, y[live], targets=t_live)
+        if cfg.progress is Progress.LOSS:
+            f = loss.detach().double()
+        else:
+            f = progress_margin(logits, y[live], t_live)
+        f = torch.nan_to_num(f, nan=float("-inf"))[keep]
+        if need_grad:
+            (g,) = torch.autograd.grad(loss[keep].sum(), xk)
+            g = g[keep].float()
+        live = live[keep]
+        rows = idx[live.cpu()]
+        # bookkeeping [APGD paper]: increases since the last checkpoint, and x_max
+        if k > 0:
+            n_incr[live] += (f > f_cur[live]).long()
+        better = f > f_best[live]
+        up = live[better]
+        x_best[up] = x_cur[up]
+        f_best[up] = f[better]
+        f_cur[live] = f
+        if k == 0:
+            f_check[live] = f
+        if not need_grad:
+            break
+        acc.bwd[rows] += 1
+        acc.count_degenerate(rows, g, loss.detach()[keep])
+        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+        grad[live] = g
+        grad_best[up] = g[better]
+        if k in marks:
+            _checkpoint(cfg.rho * (k - last_mark), live, n_incr, halved, f_best, f_check, step,
+                        (x_cur, x_prev, x_best, grad, grad_best, f_cur))
+            last_mark = k
+        alpha = 1.0 if k == 0 else cfg.momentum
+        xc, xp, eta = x_cur[live], x_prev[live], step[live].float().view(view)
+        z = project(xc + eta * grad[live].sign(), lo[live], hi[live])
+        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[live], hi[live])
+        x_prev[live] = xc
+        x_cur[live] = x_new
+    # robust examples of this run keep their highest-progress iterate x_max
+    acc.x_adv[idx[live.cpu()]] = x_best[live].cpu()
+
+
+def _checkpoint(
+    threshold: float, live: Tensor, n_incr: Tensor, halved: Tensor, f_best: Tensor,
+    f_check: Tensor, step: Tensor, buffers: tuple[Tensor, ...],
+) -> None:
+    """[APGD paper] Halve η where (a) increases < ρ·interval or (b) not halved last time and no
+    new best; those rows restart from x_max (momentum reset). Updates the tensors in place."""
+    x_cur, x_prev, x_best, grad, grad_best, f_cur = buffers
+    cond_a = n_incr[live].double() < threshold
+    cond_b = ~halved[live] & (f_best[live] <= f_check[live])
+    halve = cond_a | cond_b
+    back = live[halve]
+    step[back] = step[back] / 2.0
+    x_cur[back] = x_best[back]
+    x_prev[back] = x_best[back]
+    grad[back] = grad_best[back]
+    f_cur[back] = f_best[back]
+    halved[live] = halve
+    f_check[live] = f_best[live]
+    n_incr[live] = 0

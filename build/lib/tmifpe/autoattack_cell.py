@@ -1,0 +1,62 @@
+"""The AutoAttack cell of one model: standard AA on exactly the attack cells' points, verified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from tmifpe.atomic import write_json, write_parquet
+from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
+from tmifpe.config import SuiteParams
+from tmifpe.data.sources import load_tensors
+from tmifpe.models.zoo import load_model
+from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.progress import Progress
+from tmifpe.runtime import resolve_device
+from tmifpe.verify import verify
+
+WORK_ROOT = Path(".tmifpe-work/autoattack")
+
+
+def run_autoattack_cell(
+    suite: SuiteParams, model_key: str, *, data_path: Path, out: Path, timing_out: Path,
+    work_root: Path = WORK_ROOT,
+) -> pl.DataFrame:
+    """Run (or resume, via pyautoattack-style state) standard AA and write Parquet + timing."""
+    device = resolve_device(suite.device)
+    ds_key, ds = suite.dataset_of(model_key)
+    tensors = load_tensors(data_path)
+    x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    model = load_model(suite, model_key).to(device)
+    aa = suite.autoattack
+    cfg = AAConfig(eps=ds.eps, seed=aa.seed, batch_size=aa.batch_size, device=str(device))
+    key = hashlib.sha256(json.dumps([model_key, ds.model_dump(mode="json"), aa.model_dump(),
+                                     suite.model_zoo[model_key].model_dump(mode="json")],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    work_root.mkdir(parents=True, exist_ok=True)
+    state = work_root / f"{model_key}-{key}.pt"
+    progress: Progress | None = None
+
+    def on_batch(attack: str, batch: int, n_batches: int) -> None:
+        nonlocal progress
+        if progress is None or progress.title != f"autoattack {model_key} {attack}":
+            progress = Progress(f"autoattack {model_key} {attack}", n_batches)
+        progress.step(f"batch {batch + 1}/{n_batches}")
+
+    result = run_autoattack(model, x.to(device), y.to(device), cfg, state_path=state,
+                            progress=on_batch)
+    ref32 = PrecisionModel(model, Precision.FP32)
+    ref64 = PrecisionModel(model, Precision.FP64)
+    verdict = verify(ref32, ref64, x.to(device), result.x_adv.to(device), y.to(device), ds.eps)
+    clean_correct = (ref32(x.to(device)).argmax(dim=1) == y.to(device)).cpu()
+    meta = {"suite": suite.name, "dataset": ds_key, "model": model_key, "eps": ds.eps,
+            "seed": aa.seed, "batch_size": aa.batch_size}
+    frame = autoattack_frame(result, verdict, x, y, clean_correct, meta)
+    write_parquet(frame, out)
+    timing = {k: round(v, 4) for k, v in result.wall_time_s.items()}
+    write_json({**timing, "total": round(sum(timing.values()), 4)}, timing_out)
+    state.unlink(missing_ok=True)
+    return frame

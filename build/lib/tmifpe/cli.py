@@ -1,0 +1,345 @@
+"""The ``tmifpe`` command: evaluate any model outside DVC, and the pipeline's commands.
+
+``tmifpe evaluate`` attacks a model given as a TorchScript file, ``package.module:factory``
+(+ ``--weights``) or a RobustBench ID on ``digits``/``mnist``/``cifar10``/``cifar100`` or an
+ImageFolder directory, and writes ``DIR/summary.json`` and ``DIR/examples.parquet`` (the attack
+cells' schema, docs/results-schema.md). ``tmifpe report`` renders the report from existing
+aggregate results. Bad input: one line on stderr naming the value, exit code 2, no output.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tmifpe import __version__
+
+app = typer.Typer(
+    name="tmifpe",
+    help="Adversarial robustness under floating-point error: evaluate a model with PGD and the "
+         "T-MIFPE loss, or run the DVC benchmark's commands.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Pipeline commands `tmifpe run` / `tmifpe status` (the Dask dispatcher, tmifpe/dispatch/cli.py)
+# are registered here at merge time:
+#     from tmifpe.dispatch.cli import run, status
+#     app.command()(run); app.command()(status)
+
+
+class Attack(str, enum.Enum):
+    """Attack presets of ``evaluate`` (``pgd``: the suite's PGD engine with the chosen loss)."""
+
+    PGD = "pgd"
+
+
+class LossOpt(str, enum.Enum):
+    CE = "ce"
+    CW = "cw"
+    DLR = "dlr"
+    MIFPE = "mifpe"
+    TMIFPE = "tmifpe"
+
+
+class PrecisionOpt(str, enum.Enum):
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP32 = "fp32"
+    FP64 = "fp64"
+
+
+DEFAULT_EPS = {"digits": 0.2, "mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}
+SCHEMA_DOC = "docs/results-schema.md"
+
+
+def _fail(message: str) -> typer.Exit:
+    """One line on stderr, exit code 2."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tmifpe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64, verified."""
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(
+        help="RobustBench model ID (with --dataset and --threat-model), a TorchScript file, or "
+             "package.module:factory (with --weights).")],
+    dataset: Annotated[str, typer.Option(
+        help="digits, mnist, cifar10, cifar100, or a folder <dir>/<class>/<image> "
+             "(torchvision ImageFolder).")],
+    out: Annotated[Path, typer.Option(help="Output folder: summary.json, examples.parquet.")],
+    loss: Annotated[LossOpt, typer.Option(help="Attack loss.")] = LossOpt.TMIFPE,
+    eps: Annotated[float | None, typer.Option(
+        help="l-inf radius in [0,1] pixel units (default: 0.2 digits, 0.3 mnist, 8/255 "
+             "cifar; required for a folder).")] = None,
+    budget: Annotated[int, typer.Option(min=1, help="PGD iterations per run.")] = 100,
+    precision: Annotated[PrecisionOpt, typer.Option(
+        help="dtype of model and loss during the attack (verdicts always at fp32).")
+    ] = PrecisionOpt.FP32,
+    n_examples: Annotated[int | None, typer.Option(
+        min=1, help="First N test points (default: all).")] = None,
+    targets: Annotated[int, typer.Option(
+        min=0, help="0: untargeted; T: targeted, one run per class ranked 2..T+1.")] = 0,
+    attack: Annotated[Attack, typer.Option(help="Attack preset.")] = Attack.PGD,
+    vs_autoattack: Annotated[bool, typer.Option(
+        "--vs-autoattack", help="Also run standard AutoAttack (pyautoattack) on the same "
+                                "points and compare accuracy and cost.")] = False,
+    weights: Annotated[Path | None, typer.Option(
+        help="State dict for a package.module:factory model (torch.load weights_only).")
+    ] = None,
+    threat_model: Annotated[str, typer.Option(help="RobustBench threat model.")] = "Linf",
+    seed: Annotated[int, typer.Option(help="Attack seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Points per batch.")] = 500,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")] = None,
+    data_dir: Annotated[Path, typer.Option(
+        help="Where torchvision keeps (or downloads) mnist/cifar.")] = Path("data/raw"),
+    model_dir: Annotated[Path, typer.Option(
+        help="Where RobustBench keeps (or downloads) checkpoints.")] = Path("models/robustbench"),
+) -> None:
+    """Attack a model on a dataset; print a summary table, write DIR/summary.json and
+    DIR/examples.parquet (per-example results in the attack cells' schema)."""
+    from tmifpe.data.spec import DatasetSpecError
+    from tmifpe.models.spec import ModelSpecError
+
+    try:
+        ctx = _prepare(model, dataset, weights, eps, n_examples, threat_model, device, threads,
+                       data_dir, model_dir, out)
+        summary = _run(ctx, loss.value, budget, precision.value, targets, attack, vs_autoattack,
+                       seed, batch_size)
+    except (ModelSpecError, DatasetSpecError, ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    _print_summary(summary)
+
+
+def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
+             n_examples: int | None, threat_model: str, device: str, threads: int | None,
+             data_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
+    """Check every argument, then load data and model (cheap checks first)."""
+    import torch
+
+    from tmifpe.data.spec import NAMED, check_dataset_spec, load_eval_set
+    from tmifpe.models.spec import check_robustbench_id, load_spec_model, parse_model_spec
+    from tmifpe.runtime import resolve_device
+
+    spec = parse_model_spec(model, weights)
+    check_dataset_spec(dataset)
+    if eps is None:
+        if dataset not in NAMED:
+            raise ValueError(f"--eps is required for an image folder (--dataset {dataset})")
+        eps = DEFAULT_EPS[dataset]
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"--eps {eps} out of range; expected 0 < eps <= 1 (pixels in [0,1])")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    rb_dataset = dataset if dataset in NAMED else ""
+    if spec.kind == "robustbench":  # before any data download
+        check_robustbench_id(spec.value, rb_dataset, threat_model)
+    data = load_eval_set(dataset, n_examples, data_dir)
+    net = load_spec_model(spec, weights=weights, dataset=rb_dataset, threat_model=threat_model,
+                          model_dir=model_dir)
+    _check_model_fits(net, data, spec.value, dataset)
+    return {"spec": spec, "data": data, "model": net, "eps": float(eps), "device": dev,
+            "out": out, "dataset_arg": dataset, "weights": weights}
+
+
+def _check_model_fits(net: Any, data: Any, model: str, dataset: str) -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            logits = net(data.x[:2])
+    except Exception as exc:  # shape/dtype mismatches of a user's model: one line
+        msg = " ".join(str(exc).split())
+        raise ValueError(f"--model {model} fails on --dataset {dataset} inputs of shape "
+                         f"{tuple(data.x.shape[1:])}: {msg[:200]}") from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"--model {model} returns {type(logits).__name__} "
+                         f"{tuple(getattr(logits, 'shape', ()))}, expected (N, K) logits")
+    if int(data.y.max()) >= logits.shape[1]:
+        raise ValueError(f"--model {model} has {logits.shape[1]} outputs but --dataset {dataset} "
+                         f"has labels up to {int(data.y.max())}")
+
+
+def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: int,
+         attack: Attack, vs_autoattack: bool, seed: int, batch_size: int) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tmifpe.api import evaluate as run_evaluate
+    from tmifpe.atomic import write_json, write_parquet
+
+    data, net, out = ctx["data"], ctx["model"], ctx["out"]
+    n = int(data.y.shape[0])
+    if vs_autoattack and len(data.classes) < 4:
+        raise ValueError(f"--vs-autoattack needs >= 4 classes (targeted DLR), --dataset has "
+                         f"{len(data.classes)}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True), redirect_stdout=False) as bar:
+        task = bar.add_task(f"{attack.value} {loss} {precision} budget {budget}", total=n)
+        res = run_evaluate(net, data.x, data.y, loss=loss, eps=ctx["eps"], budget=budget,
+                           precision=precision, targets=targets, seed=seed,
+                           batch_size=batch_size, device=ctx["device"],
+                           progress=lambda done, total: bar.update(task, completed=done))
+        frame = res.frame(dataset=data.name, model=ctx["spec"].name)
+        aa = _autoattack(ctx, seed, batch_size, bar) if vs_autoattack else None
+    summary = summarise(frame, wall_time_s=res.wall_time_s, aa_frame=aa[0] if aa else None,
+                        aa_wall_time_s=aa[1] if aa else None)
+    summary.update({"model_spec": ctx["spec"].value, "model_kind": ctx["spec"].kind,
+                    "weights": None if ctx["weights"] is None else str(ctx["weights"]),
+                    "dataset_spec": ctx["dataset_arg"], "attack": attack.value,
+                    "schema": SCHEMA_DOC})
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(frame, out / "examples.parquet")
+    if aa is not None:
+        write_parquet(aa[0], out / "autoattack.parquet")
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tuple[Any, float]:
+    import torch
+
+    from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
+    from tmifpe.precision import Precision, PrecisionModel
+    from tmifpe.verify import verify
+
+    data, net, dev, eps = ctx["data"], ctx["model"], ctx["device"], ctx["eps"]
+    tasks: dict[str, Any] = {}
+
+    def on_batch(name: str, batch: int, n_batches: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"autoattack {name}", total=n_batches)
+        bar.update(tasks[name], completed=batch + 1)
+
+    cfg = AAConfig(eps=eps, seed=seed, batch_size=batch_size, device=str(dev))
+    x, y = data.x.to(dev), data.y.to(dev)
+    result = run_autoattack(net.to(dev), x, y, cfg, progress=on_batch)
+    ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
+    verdict = verify(ref32, ref64, x, result.x_adv.to(dev), y, eps)
+    with torch.no_grad():
+        clean_correct = (ref32(x).argmax(dim=1) == y).cpu()
+    meta = {"suite": "evaluate", "dataset": data.name, "model": ctx["spec"].name}
+    frame = autoattack_frame(result, verdict, data.x, data.y, clean_correct, meta)
+    return frame, float(sum(result.wall_time_s.values()))
+
+
+def summarise(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
+              aa_wall_time_s: float | None = None) -> dict[str, Any]:
+    """summary.json from the per-example frames: accuracies and cost in passes and seconds.
+
+    Cost per point: PGD mean(n_forward + n_backward); AutoAttack mean(2·n_grad + n_queries)
+    (one gradient evaluation = a forward and a backward pass), as in the aggregate tables.
+    """
+    import polars as pl
+
+    first = frame.row(0, named=True)
+    n = frame.height
+    s: dict[str, Any] = {
+        "model": first["model"], "dataset": first["dataset"], "n_examples": n,
+        "loss": first["loss"], "eps": first["eps"], "budget": first["budget"],
+        "precision": first["precision"], "targets": first["n_targets"],
+        "restarts": first["restarts"], "seed": first["seed"],
+        "clean_acc": frame["clean_correct"].mean(),
+        "robust_acc": frame["robust_fp32"].mean(),
+        "robust_acc_fp64": frame["robust_fp64"].mean(),
+        "n_clean_correct": int(frame["clean_correct"].sum()),
+        "n_robust": int(frame["robust_fp32"].sum()),
+        "n_false_success": int(frame["false_success"].sum()),
+        "n_invalid": int((~frame["valid"]).sum()),
+        "nonfinite_steps": int(frame["nonfinite_steps"].sum()),
+        "cost": {
+            "forward_per_point": frame["n_forward"].mean(),
+            "backward_per_point": frame["n_backward"].mean(),
+            "passes_per_point": frame.select((pl.col("n_forward") + pl.col("n_backward"))
+                                             .mean()).item(),
+            "wall_time_s": round(wall_time_s, 4),
+        },
+    }
+    if aa_frame is not None:
+        s["autoattack_robust_acc"] = aa_frame["robust_fp32"].mean()
+        s["autoattack_clean_acc"] = aa_frame["clean_correct"].mean()
+        s["autoattack_cost"] = {
+            "grad_per_point": aa_frame["n_grad"].mean(),
+            "queries_per_point": aa_frame["n_queries"].mean(),
+            "passes_per_point": aa_frame.select((2 * pl.col("n_grad") + pl.col("n_queries"))
+                                                .mean()).item(),
+            "wall_time_s": round(float(aa_wall_time_s or 0.0), 4),
+        }
+        s["robust_acc_gap_vs_autoattack"] = s["robust_acc"] - s["autoattack_robust_acc"]
+    return s
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{s['model']} on {s['dataset']} ({s['n_examples']} points, eps "
+                    f"{s['eps']:.6g})")
+    for col in ("attack", "clean acc", "robust acc", "passes / point", "wall time"):
+        t.add_column(col, justify="left" if col == "attack" else "right")
+    kind = f"targeted x{s['targets']}" if s["targets"] else "untargeted"
+    t.add_row(f"PGD {s['loss']} {s['precision']} budget {s['budget']} ({kind})",
+              f"{100 * s['clean_acc']:.2f} %", f"{100 * s['robust_acc']:.2f} %",
+              f"{s['cost']['passes_per_point']:.1f}", f"{s['cost']['wall_time_s']:.2f} s")
+    if "autoattack_robust_acc" in s:
+        c = s["autoattack_cost"]
+        t.add_row("AutoAttack (standard)", f"{100 * s['autoattack_clean_acc']:.2f} %",
+                  f"{100 * s['autoattack_robust_acc']:.2f} %", f"{c['passes_per_point']:.1f}",
+                  f"{c['wall_time_s']:.2f} s")
+    Console(file=sys.stdout).print(t)
+
+
+@app.command()
+def report(
+    params: Annotated[Path, typer.Option(help="params.yaml of the suite.")] = Path("params.yaml"),
+) -> None:
+    """Render reports/index.html, reports/tables.tex and reports/figures/*.pdf from existing
+    aggregate results (what the DVC stage `report` does), in the current folder."""
+    from tmifpe.config import ParamsError, load_params
+    from tmifpe.report.build import build_report
+
+    t0 = time.perf_counter()
+    try:
+        suite = load_params(params)
+        written = build_report(suite)
+    except ParamsError as err:  # one line per problem, as the stages print it
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    for path in written:
+        typer.echo(str(path))
+    typer.echo(f"report: {len(written)} files in {time.perf_counter() - t0:.1f} s", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

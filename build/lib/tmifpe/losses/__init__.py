@@ -1,0 +1,75 @@
+"""Loss registry: every loss is ``(logits, labels, *, targets=None) -> (N,)``, maximised.
+
+One package per loss (``tmifpe/losses/<loss>/``; T-MIFPE's holds its t* solver) so that DVC
+re-runs only the cells of the loss whose folder changed; the ``source_files`` of each entry are
+exactly what its attack cells depend on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from torch import Tensor
+
+from tmifpe.losses.ce import ce_loss
+from tmifpe.losses.cw import cw_loss
+from tmifpe.losses.dlr import dlr_loss
+from tmifpe.losses.mifpe import mifpe_loss
+from tmifpe.losses.tmifpe import tmifpe_loss
+
+LossFn = Callable[..., Tensor]
+
+
+class LossName(str, enum.Enum):
+    CE = "ce"
+    CW = "cw"
+    DLR = "dlr"
+    MIFPE = "mifpe"
+    TMIFPE = "tmifpe"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: LossName
+    fn: LossFn
+    label: str  # display name for reports
+    source_files: tuple[str, ...]  # its package folder + shared scaling (DVC deps)
+
+
+_SCALING = "tmifpe/losses/scaling.py"
+LOSSES: dict[LossName, LossSpec] = {
+    LossName.CE: LossSpec(LossName.CE, ce_loss, "CE", ("tmifpe/losses/ce", _SCALING)),
+    LossName.CW: LossSpec(LossName.CW, cw_loss, "C&W", ("tmifpe/losses/cw", _SCALING)),
+    LossName.DLR: LossSpec(LossName.DLR, dlr_loss, "DLR", ("tmifpe/losses/dlr", _SCALING)),
+    LossName.MIFPE: LossSpec(
+        LossName.MIFPE, mifpe_loss, "MIFPE", ("tmifpe/losses/mifpe", _SCALING)
+    ),
+    LossName.TMIFPE: LossSpec(
+        LossName.TMIFPE,
+        tmifpe_loss,
+        "T-MIFPE",
+        ("tmifpe/losses/tmifpe", _SCALING),
+    ),
+}
+
+
+def parse_loss(name: str) -> LossName:
+    try:
+        return LossName(name)
+    except ValueError:
+        allowed = ", ".join(n.value for n in LossName)
+        raise ValueError(f"unknown loss {name!r}; expected one of: {allowed}") from None
+
+
+def get_loss(name: str | LossName, *, tstar_rule: str = "coef") -> LossFn:
+    """The loss function for ``name``; ``tstar_rule`` only affects T-MIFPE."""
+    spec = LOSSES[parse_loss(name) if isinstance(name, str) else name]
+    if spec.name is LossName.TMIFPE:
+        return partial(tmifpe_loss, rule=tstar_rule)
+    return spec.fn
+
+
+__all__ = ["LOSSES", "LossFn", "LossName", "LossSpec", "get_loss", "parse_loss"]

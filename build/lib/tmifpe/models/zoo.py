@@ -1,0 +1,46 @@
+"""Models by grid key: the one door the stages use to get a float32 eval-mode model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tmifpe.config import ModelParams, SuiteParams
+from tmifpe.data.sources import IMAGE_SHAPE, N_CLASSES
+from tmifpe.models.small_cnn import SmallCNN
+
+TRAINED_DIR = Path("models")
+
+
+def trained_checkpoint(key: str) -> Path:
+    return TRAINED_DIR / key / "model.pt"
+
+
+def build_small_cnn(params: ModelParams, dataset_source: str) -> nn.Module:
+    channels, size, _ = IMAGE_SHAPE[dataset_source]
+    return SmallCNN(in_channels=channels, image_size=size, n_classes=N_CLASSES[dataset_source])
+
+
+def load_model(suite: SuiteParams, key: str) -> nn.Module:
+    """The model of grid key ``key`` in eval mode, float32, inputs in [0,1]."""
+    params = suite.model_zoo[key]
+    _, ds = suite.dataset_of(key)
+    if params.source == "trained":
+        path = trained_checkpoint(key)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: run `dvc repro` (the model stage trains it)"
+            )
+        model = build_small_cnn(params, ds.source)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        return model.float().eval()
+    if params.source == "pyautoattack_resnet18":
+        from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
+
+        return load_pyautoattack_resnet18()
+    from tmifpe.models.robustbench_zoo import load_robustbench
+
+    assert params.id is not None  # guaranteed by ModelParams validation
+    return load_robustbench(params.id, ds.source, Path(suite.model_dir))

@@ -1,0 +1,68 @@
+"""Numeric precision as a controlled variable of an attack.
+
+Every model call during an attack goes through :class:`PrecisionModel`, so the dtype is applied
+in exactly one place: inputs are cast from float32 pixel space to the attack dtype, the model's
+parameters live in that dtype, and the logits come back in that dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+
+import torch
+from torch import Tensor, nn
+
+
+class Precision(str, enum.Enum):
+    """Attack arithmetic precision (dtype of model and loss computation)."""
+
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP32 = "fp32"
+    FP64 = "fp64"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self]
+
+
+_DTYPES = {
+    Precision.FP16: torch.float16,
+    Precision.BF16: torch.bfloat16,
+    Precision.FP32: torch.float32,
+    Precision.FP64: torch.float64,
+}
+
+
+def parse_precision(name: str) -> Precision:
+    """``"fp16"`` -> ``Precision.FP16``; one-line ValueError naming the bad value otherwise."""
+    try:
+        return Precision(name)
+    except ValueError:
+        allowed = ", ".join(p.value for p in Precision)
+        raise ValueError(f"unknown precision {name!r}; expected one of: {allowed}") from None
+
+
+class PrecisionModel(nn.Module):
+    """A frozen copy of ``model`` whose parameters and buffers are cast to ``precision``.
+
+    ``forward`` takes float32 pixels in [0,1], casts them to the attack dtype and returns logits
+    in that dtype. The wrapped copy is in eval mode and its parameters do not require grad (only
+    the input gradient is ever needed), which also saves the parameter-gradient work.
+    """
+
+    def __init__(self, model: nn.Module, precision: Precision) -> None:
+        super().__init__()
+        self.precision = precision
+        inner = copy.deepcopy(model).eval().to(precision.dtype)
+        for p in inner.parameters():
+            p.requires_grad_(False)
+        self.inner = inner
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x.to(self.precision.dtype))
