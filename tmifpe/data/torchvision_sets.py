@@ -47,17 +47,30 @@ def open_dataset(cls: type[D], root: Path, expected: Mapping[Path, str], *, trai
             raise DataIntegrityError(
                 f"{path}: md5 {md5_of(path)} does not match the published md5 {want} (corrupt, "
                 "truncated or another file); delete it and run again to download it")
-    missing = next(iter(expected))
+    missing = next((p for p in expected if not p.is_file()), next(iter(expected)))
     if not download:
         try:
-            return cls(str(root), train=train, download=False)
+            return _parse(cls, root, train, download=False)
         except RuntimeError:
             raise FileNotFoundError(f"{missing} is missing and download=False; place the "
                                     f"file there{hint}") from None
     holder = []
-    guarded_download(lambda: holder.append(cls(str(root), train=train, download=True)),
+    guarded_download(lambda: holder.append(_parse(cls, root, train, download=True)),
                      source=source, missing=missing, hint=hint)
     return holder[0]
+
+
+def _parse(cls: type[D], root: Path, train: bool, *, download: bool) -> D:
+    """The class's own loading; a file that passed its MD5 check but does not parse (a
+    hand-made copy under an MD5 override) is a DataIntegrityError, not a traceback."""
+    try:
+        return cls(str(root), train=train, download=download)
+    except (RuntimeError, OSError):  # not found / download failures: the caller words them
+        raise
+    except Exception as exc:  # unpickling, IDX header and shape errors of torchvision's parsers
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataIntegrityError(f"{root}: the {cls.__name__} files pass their MD5 check but "
+                                 f"do not parse ({msg[:160]})") from None
 
 
 def _md5(name: str, published: str, overrides: Mapping[str, str] | None) -> str:
