@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: pdflatex + booktabs (LaTeX tables compile check) and headless
-# Chromium (HTML report render check). Installs only what is missing; needs root (CI is root).
+# Chromium (HTML report render check). Installs only what is missing; needs root. Run by .ci/run
+# and by `make test SYSTEM_DEPS=1`; without them those tests skip and say why.
 set -euo pipefail
 need=()
 command -v pdflatex >/dev/null || need+=(texlive-latex-base texlive-latex-recommended)
