@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -260,8 +261,12 @@ def test_install_into_new_venv_has_cli_and_no_toplevel_autoattack(tmp_path):
     deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     Path(site, "deps_of_test_env.pth").write_text("\n".join(deps) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info into the source
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".dvc", "__pycache__", "results", "reports", "models", "data",
+        ".tmifpe-work", "build", "*.egg-info"))
     pip = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                          "--no-index", "-q", str(ROOT)], capture_output=True, text=True,
+                          "--no-index", "-q", str(src)], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=300, check=False)
     assert pip.returncode == 0, pip.stdout + pip.stderr
     record = next(Path(site).glob("tmifpe-*.dist-info")) / "RECORD"

@@ -1,1 +1,0 @@
-"""Compatibility shims for third-party packages (kept inside tmifpe, never installed top-level)."""

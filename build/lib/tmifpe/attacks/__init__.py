@@ -1,1 +1,0 @@
-"""Attack engines; the loss is injected, precision comes from the wrapped model."""
