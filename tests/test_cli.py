@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,3 +295,24 @@ def test_install_into_new_venv_has_cli_and_no_toplevel_autoattack(tmp_path):
     res = subprocess.run([py, "-c", probe], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=120, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+# Rewritten by another branch (issue 13 may not edit it); its robustbench imports must call
+# import_robustbench() first. Remove it from this set once that is merged.
+PENDING_ALIAS = {"tmifpe/models/robustbench_zoo.py"}
+re_robustbench = re.compile(r"^\s*(from|import)\s+robustbench\b", re.M)
+
+
+def test_every_robustbench_import_goes_through_the_alias():
+    """No top-level `autoattack` is installed, so a file that imports robustbench (whose
+    __init__ imports `autoattack`) must first call tmifpe's import_robustbench()."""
+    offenders = []
+    for folder in ("tmifpe", "stages", "tests", "benchmarks", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            imports = re_robustbench.search(text)
+            rel = path.relative_to(ROOT).as_posix()
+            if imports and "import_robustbench()" not in text and rel not in PENDING_ALIAS:
+                offenders.append(rel)
+    assert offenders == []
+

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tmifpe._compat.autoattack_alias import import_robustbench
 from tmifpe.models import autoattack_resnet
 from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
 from tmifpe.models.robustbench_zoo import (
@@ -41,6 +42,12 @@ def _all_eval(model: nn.Module) -> bool:
 # ---------------------------------------------------------------- pyautoattack ResNet-18
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _robustbench_through_the_alias() -> None:
+    """robustbench imports `autoattack` (no such package is installed): tmifpe's alias first."""
+    import_robustbench()
+
+
 def test_pyautoattack_resnet18_shape_eval_determinism(monkeypatch):
     spy = _LoadSpy()
     monkeypatch.setattr(torch, "load", spy)
@@ -68,6 +75,7 @@ def test_pyautoattack_resnet18_carries_the_wheel_weights():
 
 def _random_registry_model(model_id: str, dataset: str) -> nn.Module:
     """The architecture robustbench builds for ``model_id``, with random weights and BN stats."""
+    import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -109,6 +117,7 @@ def test_staged_checkpoint_loads_offline_and_matches(staged_standard, monkeypatc
 
 
 def test_staged_checkpoint_matches_robustbench_own_loader(staged_standard):
+    import_robustbench()
     from robustbench.utils import load_model
 
     model_dir, _ = staged_standard
