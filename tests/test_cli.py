@@ -240,6 +240,29 @@ def test_report_without_aggregate_results_is_a_one_line_error(tmp_path, monkeypa
     assert "run `dvc repro aggregate` first" in res.stderr and res.stderr.count("\n") == 1
 
 
+
+def test_report_renders_html_tables_and_pdf_figures(tmp_path, monkeypatch):
+    """`tmifpe report` on aggregate results: the stage's files plus one PDF per figure, and the
+    same bytes when run again."""
+    from tmifpe.aggregate import aggregate, write_aggregates
+    from tmifpe.aggregate.synthetic import demo_results
+
+    files = demo_results(tmp_path / "raw", n_examples=12)
+    write_aggregates(aggregate(files.cell_files, files.aa_files, files.timing_files),
+                     tmp_path / "results" / "aggregate")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    res = invoke("report")
+    assert res.exit_code == 0, res.output
+    written = sorted(res.stdout.split())
+    assert written == sorted(["reports/index.html", "reports/tables.tex",
+                              "reports/tables_standalone.tex", "reports/figures/iterations.pdf",
+                              "reports/figures/precision.pdf", "reports/figures/cost.pdf"])
+    first = {p: Path(p).read_bytes() for p in written}
+    assert all(first[p].startswith(b"%PDF") for p in written if p.endswith(".pdf"))
+    assert invoke("report").exit_code == 0
+    assert {p: Path(p).read_bytes() for p in written} == first
+
 # ---------------------------------------------------------------- installed into a new venv
 
 

@@ -256,6 +256,12 @@ def test_image_folder_classes_sorted_rgb_and_grey(tmp_path):
         tmp_path / "grey" / "a" / "h.png")
     with pytest.raises(ImageFolderError, match="resize them to one size"):
         load_image_folder(tmp_path / "grey")
+    for cls in ("7", "3"):  # numbered classes keep their number even when others are absent
+        (tmp_path / "num" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((2, 2), dtype=np.uint8), mode="L").save(
+            tmp_path / "num" / cls / "a.png")
+    _, y, classes = load_image_folder(tmp_path / "num")
+    assert classes == ["3", "7"] and y.tolist() == [3, 7]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageFolderError, match="not an ImageFolder"):
         load_image_folder(tmp_path / "empty")

@@ -164,12 +164,14 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
     data = load_eval_set(dataset, n_examples, data_dir)
     net = load_spec_model(spec, weights=weights, dataset=rb_dataset, threat_model=threat_model,
                           model_dir=model_dir)
-    _check_model_fits(net, data, spec.value, dataset)
+    n_classes = _check_model_fits(net, data, spec.value, dataset)
     return {"spec": spec, "data": data, "model": net, "eps": float(eps), "device": dev,
+            "n_classes": n_classes,
             "out": out, "dataset_arg": dataset, "weights": weights}
 
 
-def _check_model_fits(net: Any, data: Any, model: str, dataset: str) -> None:
+def _check_model_fits(net: Any, data: Any, model: str, dataset: str) -> int:
+    """The model's number of classes, after checking it accepts the data and covers its labels."""
     import torch
 
     try:
@@ -185,6 +187,7 @@ def _check_model_fits(net: Any, data: Any, model: str, dataset: str) -> None:
     if int(data.y.max()) >= logits.shape[1]:
         raise ValueError(f"--model {model} has {logits.shape[1]} outputs but --dataset {dataset} "
                          f"has labels up to {int(data.y.max())}")
+    return int(logits.shape[1])
 
 
 def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: int,
@@ -196,9 +199,9 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
 
     data, net, out = ctx["data"], ctx["model"], ctx["out"]
     n = int(data.y.shape[0])
-    if vs_autoattack and len(data.classes) < 4:
-        raise ValueError(f"--vs-autoattack needs >= 4 classes (targeted DLR), --dataset has "
-                         f"{len(data.classes)}")
+    if vs_autoattack and ctx["n_classes"] < 4:
+        raise ValueError(f"--vs-autoattack needs a model with >= 4 classes (targeted DLR), "
+                         f"--model has {ctx['n_classes']}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     from rich.console import Console

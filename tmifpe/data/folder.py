@@ -1,6 +1,8 @@
 """A folder of images in torchvision's ``ImageFolder`` layout (``<dir>/<class>/<image>``), as
-evaluation tensors: classes are the sub-folder names in sorted order (label = index), images in
-ImageFolder's order, pixels in [0,1]. Greyscale images stay one-channel, everything else is RGB.
+evaluation tensors, images in ImageFolder's order, pixels in [0,1]. Labels: when every class
+folder is named by a non-negative integer, that integer (so ``<dir>/3/`` holds the model's class 3
+even if other classes are absent); otherwise ImageFolder's index of the name in sorted order.
+Greyscale images stay one-channel, everything else is RGB.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def load_image_folder(
     except (FileNotFoundError, RuntimeError) as exc:
         raise ImageFolderError(f"{root}: not an ImageFolder (<dir>/<class>/<image>): "
                                f"{' '.join(str(exc).split())[:160]}") from None
+    numbered = all(c.isdigit() for c in ds.classes)
     n = len(ds) if n_examples is None else min(n_examples, len(ds))
     xs, ys = [], []
     for i in range(n):
@@ -45,6 +48,6 @@ def load_image_folder(
             raise ImageFolderError(f"{ds.samples[i][0]}: image of shape {tuple(t.shape)}, the "
                                    f"first image is {tuple(xs[0].shape)}; resize them to one size")
         xs.append(t)
-        ys.append(label)
+        ys.append(int(ds.classes[label]) if numbered else label)
     x = torch.stack(xs).float().div_(255)
     return x, torch.tensor(ys, dtype=torch.int64), list(ds.classes)
