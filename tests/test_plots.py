@@ -39,6 +39,7 @@ def test_figures_are_byte_stable_and_undated(tables, tmp_path):
         assert a.svg == b.svg and a.pdf == b.pdf
         assert a.pdf.startswith(b"%PDF") and b"CreationDate" not in a.pdf
         assert "<dc:date>" not in a.svg and a.svg.startswith("<svg")
+        assert "http" not in a.svg  # no namespace URLs or metadata links inline
     pdfs_a = write_figures(tables, tmp_path / "a")
     pdfs_b = write_figures(tables, tmp_path / "b")
     assert [p.name for p in pdfs_a] == ["iterations.pdf", "precision.pdf", "cost.pdf"]

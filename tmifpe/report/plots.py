@@ -133,8 +133,18 @@ def render(key: str, title: str, caption: str, fig: MplFigure | None) -> Figure:
         svg = buf.getvalue().decode("utf-8")
         buf = io.BytesIO()
         fig.savefig(buf, format="pdf", metadata=PDF_METADATA)
+    # inline in HTML5: no XML prolog, no RDF metadata, no namespace declarations (the HTML
+    # parser puts <svg> and xlink:href in their namespaces), so the page names no URL at all
     svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<svg ", f'<svg class="figure" aria-label="{_attr(title)}" ', svg, count=1)
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.S)
+    head, rest = svg.split(">", 1)
+    head = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", head)
+    head = head.replace("<svg ", f'<svg class="figure" aria-label="{_attr(title)}" ', 1)
+    # ids (figure_1, hashed clip paths and markers) repeat across figures: prefix every id and
+    # every reference to one with the figure's key, so the page's ids stay unique
+    rest = re.sub(r'( id="| xlink:href="#|url\(#)([A-Za-z][\w.]*)',
+                  lambda m: f"{m[1]}{key}-{m[2]}", rest)
+    svg = head + ">" + rest
     # matplotlib's SVG writer escapes every text it draws; the title is escaped above
     return Figure(key, title, caption, Markup(svg), buf.getvalue())
 
