@@ -339,3 +339,28 @@ def test_every_robustbench_import_goes_through_the_alias():
                 offenders.append(rel)
     assert offenders == []
 
+
+
+def test_robustbench_id_loads_a_staged_checkpoint_offline(tmp_path, monkeypatch):
+    """A RobustBench ID resolves through robustbench.utils.load_model (imported via the alias)
+    from a checkpoint staged where RobustBench keeps it; nothing is downloaded."""
+    from tmifpe._compat.autoattack_alias import import_robustbench
+    from tmifpe.models.spec import load_spec_model, parse_model_spec
+
+    monkeypatch.setattr("socket.getaddrinfo", _no_network)
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(0)
+    reference = model_dicts[BenchmarkDataset("cifar10")][ThreatModel.Linf]["Standard"]["model"]()
+    path = tmp_path / "cifar10" / "Linf" / "Standard.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": reference.state_dict()}, path)
+    spec = parse_model_spec("Standard")
+    assert spec.kind == "robustbench"
+    model = load_spec_model(spec, dataset="cifar10", model_dir=tmp_path)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
+    assert not model.training

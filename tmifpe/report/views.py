@@ -153,7 +153,7 @@ def main_grid(tables: dict[str, pl.DataFrame]) -> Grid:
         key="main",
         title="Robust accuracy: losses against AutoAttack",
         caption=(f"Robust accuracy (%) at {HEADLINE_PRECISION}, each model at its largest "
-                 "budget N; lowest value per model (strongest attack) in bold. The worst case "
+                 "budget (column header); lowest value per model (strongest attack) in bold. The worst case "
                  "counts an example robust only if it survives every attack listed."),
         corner="Attack",
         columns=tuple(model_label(m, all_models) for m in all_models),
@@ -180,7 +180,7 @@ def precision_grid(tables: dict[str, pl.DataFrame]) -> Grid:
         key="precision",
         title="Robust accuracy by attack precision",
         caption=("Robust accuracy (%) by the precision of model and loss during the attack "
-                 "(verdict re-verified at fp32), at the largest budget N that every precision "
+                 "(verdict re-verified at fp32), at the largest budget that every precision "
                  "ran for that model; lowest value "
                  "per column and model in bold."),
         corner="Attack",
@@ -206,7 +206,7 @@ def budget_grid(tables: dict[str, pl.DataFrame]) -> Grid:
     return Grid(
         key="budget",
         title="Robust accuracy by iteration budget",
-        caption=(f"Robust accuracy (%) at {HEADLINE_PRECISION} by iteration budget N; lowest "
+        caption=(f"Robust accuracy (%) at {HEADLINE_PRECISION} by iteration budget; lowest "
                  "value per column and model in bold; a dash marks a run not made."),
         corner="Attack",
         columns=tuple(f"budget {b}" for b in budgets),
