@@ -153,8 +153,9 @@ def main_grid(tables: dict[str, pl.DataFrame]) -> Grid:
         key="main",
         title="Robust accuracy: losses against AutoAttack",
         caption=(f"Robust accuracy (%) at {HEADLINE_PRECISION}, each model at its largest "
-                 "budget (column header); lowest value per model (strongest attack) in bold. The worst case "
-                 "counts an example robust only if it survives every attack listed."),
+                 "budget (column header); lowest value per model (strongest attack) in bold. "
+                 "The worst case counts an example robust only if it survives every attack "
+                 "listed."),
         corner="Attack",
         columns=tuple(model_label(m, all_models) for m in all_models),
         subcolumns=tuple(f"budget {budgets[m]}" if m in budgets else "" for m in all_models),
