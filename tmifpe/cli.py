@@ -140,7 +140,7 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
 
     from tmifpe.data.spec import NAMED, check_dataset_spec, load_eval_set
     from tmifpe.models.spec import check_robustbench_id, load_spec_model, parse_model_spec
-    from tmifpe.runtime import resolve_device
+    from tmifpe.runtime import configure, resolve_device
 
     spec = parse_model_spec(model, weights)
     check_dataset_spec(dataset)
@@ -156,8 +156,7 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
         dev = resolve_device(device)
     except RuntimeError as err:
         raise ValueError(str(err)) from None
-    if threads is not None:
-        torch.set_num_threads(threads)
+    configure(threads or torch.get_num_threads())  # deterministic kernels, as in the stages
     rb_dataset = dataset if dataset in NAMED else ""
     if spec.kind == "robustbench":  # before any data download
         check_robustbench_id(spec.value, rb_dataset, threat_model)
