@@ -18,9 +18,9 @@ Gaps. Δ = z_π1 − z_π2 is the top-2 gap of the float64 logits (NaN if a logi
 The thresholds of ``docs/theory.md`` §3 ([derived]: −ln u for rounding, −ln(s/2) for underflow,
 from :func:`tmifpe.losses.tmifpe.tstar.gap_thresholds`) refer to the *scaled* top-2 gap
 m = c·Δ of the softmax the loss evaluates: for plain CE c = 1, so m = Δ; for MIFPE c = T/Δ, so
-m = T = 1 [paper]; for T-MIFPE c = t*/Δ, so m = t* [paper]. Examples are binned by the raw Δ for every
-loss, so CE and MIFPE/T-MIFPE are compared on the same points; m is reported next to it. C&W and
-DLR evaluate no softmax: their scaled gap is undefined (NaN).
+m = T = 1 [paper]; for T-MIFPE c = t*/Δ, so m = t* [paper]. Examples are binned by the raw Δ for
+every loss, so CE and MIFPE/T-MIFPE are compared on the same points; m is reported next to it.
+C&W and DLR evaluate no softmax: their scaled gap is undefined (NaN).
 """
 
 from __future__ import annotations
