@@ -26,7 +26,7 @@ from tmifpe.diagnostics import (
 )
 from tmifpe.diagnostics.report import tables
 from tmifpe.losses import get_loss
-from tmifpe.losses.scaling import top2_gap
+from tmifpe.losses.scaling import scale_logits
 from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.precision import Precision, PrecisionModel
@@ -155,7 +155,7 @@ def test_tstar_recorder_matches_optimal_t_and_the_loss(digits, digits_cnn):
     t = optimal_t(logits, y, targets=tgt, rule="coef", dtype=logits.dtype)
     assert torch.equal(rec.calls[0]["t_star"], t)
     # the t* recorded is the one the loss used: CE((t*/Δ)·z, y_t) reproduces the loss
-    scaled = logits * (t.float() / top2_gap(logits))[:, None]
+    scaled = scale_logits(logits, t)
     assert torch.allclose(-F.cross_entropy(scaled, tgt, reduction="none"), out, atol=1e-6)
     # inside a real attack: one record per iteration, every row the loss received
     rec = TStarRecorder(loss, rule="coef")

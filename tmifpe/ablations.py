@@ -35,7 +35,7 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LossFn, get_loss
-from tmifpe.losses.scaling import check_labels, top2_gap
+from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
 from tmifpe.precision import Precision, PrecisionModel
@@ -150,8 +150,7 @@ def forced_phase_loss(mode: str, rule: str = "coef") -> LossFn:
     def loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
         t = forced_tstar(logits, labels, targets=targets, mode=mode, rule=rule,
                          dtype=logits.dtype)
-        scale = (t.to(logits.dtype) / top2_gap(logits)).detach()  # (N,)
-        scaled = logits * scale[:, None]
+        scaled = scale_logits(logits, t)  # (z − max z)·t/Δ, as tmifpe_loss
         if targets is None:
             return F.cross_entropy(scaled, labels, reduction="none")
         return -F.cross_entropy(scaled, targets, reduction="none")

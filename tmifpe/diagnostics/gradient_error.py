@@ -38,7 +38,7 @@ from tmifpe.attacks.schedule import Schedule
 from tmifpe.config import SuiteParams
 from tmifpe.losses import LossFn, LossName, get_loss, parse_loss
 from tmifpe.losses.mifpe import MIFPE_T
-from tmifpe.losses.scaling import top2_gap
+from tmifpe.losses.scaling import guarded_gap
 from tmifpe.losses.tmifpe.tstar import (
     Phase,
     attack_phase,
@@ -127,18 +127,20 @@ def scaled_gap(
     """(N,) scaled top-2 gap m = c·Δ the loss's softmax sees [paper formulas, see module doc].
 
     CE: m = Δ; MIFPE: m = Δ·T/Δ_g; T-MIFPE: m = Δ·t*/Δ_g, with Δ_g the guarded gap of
-    :func:`tmifpe.losses.scaling.top2_gap` (so m = T or t* except for degenerate Δ) and t* from
-    :func:`optimal_t` (``dtype`` matters for rule "cap" only). C&W and DLR: NaN.
+    :func:`tmifpe.losses.scaling.guarded_gap` at ``dtype`` (so m = T or t*; m = Δ on a tie,
+    where c = 1) and t* from :func:`optimal_t` (``dtype``: rule "cap" and the tie guard). C&W
+    and DLR: NaN.
     """
     name = parse_loss(loss) if isinstance(loss, str) else loss
     gap = top2(logits64)
     if name is LossName.CE:
         return gap
+    delta, tie = guarded_gap(logits64, dtype)
     if name is LossName.MIFPE:
-        return gap * MIFPE_T / top2_gap(logits64)
+        return torch.where(tie, gap, gap * MIFPE_T / delta)
     if name is LossName.TMIFPE:
         t = optimal_t(logits64, labels, targets=targets, rule=tstar_rule, dtype=dtype)
-        return gap * t / top2_gap(logits64)
+        return torch.where(tie, gap, gap * t / delta)
     return torch.full_like(gap, torch.nan)
 
 
