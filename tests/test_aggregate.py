@@ -48,10 +48,14 @@ def write_grid(root: Path) -> dict[str, list[Path]]:
         + run_rows(CE_FP32, precision="fp64"),
         model=MODEL, loss="ce", budget=10,
     )
-    # precision-induced false success on example 1 at fp16; a skipped NaN step on example 3.
+    # precision-induced false success on example 1 at fp16; a skipped NaN step on example 3;
+    # dtype-only hits: 3 iterates of example 0 and 1 of example 1 at fp16.
     ce10 = ce10.with_columns(
         pl.when((pl.col("precision") == "fp16") & (pl.col("example") == 1))
         .then(True).otherwise(pl.col("false_success")).alias("false_success"),
+        pl.when(pl.col("precision") == "fp16").then(
+            pl.col("example").replace_strict({0: 3, 1: 1}, default=0, return_dtype=pl.Int64))
+        .otherwise(pl.col("dtype_only_hits")).alias("dtype_only_hits"),
         pl.when((pl.col("precision") == "fp16") & (pl.col("example") == 3))
         .then(4).otherwise(pl.col("nonfinite_steps")).alias("nonfinite_steps"),
     )
@@ -198,11 +202,13 @@ def test_precision_effect(tables):
     assert fp16["robust_acc"] == 0.5 and fp16["fp64_robust_acc"] == 0.25
     assert fp16["delta_vs_fp64_pp"] == pytest.approx(25.0)
     assert fp16["n_false_success"] == 1
+    assert fp16["n_dtype_only_examples"] == 2 and fp16["dtype_only_hits"] == 4
     assert fp16["zero_grad_steps"] == 8 and fp16["backward_passes"] == 30
     assert fp16["zero_grad_fraction"] == pytest.approx(8 / 30)
     assert fp16["nonfinite_steps"] == 4
     fp32 = one(tables["precision_effect"], loss="ce", precision="fp32", budget=10)
     assert fp32["delta_vs_fp64_pp"] == 0.0 and fp32["zero_grad_fraction"] == 0.0
+    assert fp32["n_dtype_only_examples"] == 0 and fp32["dtype_only_hits"] == 0
 
 
 def test_nan_inf_and_missing_margins_are_surfaced(tmp_path):

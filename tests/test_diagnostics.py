@@ -211,6 +211,8 @@ def test_stage_outputs_columns_and_determinism(tmp_path, monkeypatch, digits):
     assert set(tstar["targeted"].unique().to_list()) == {False, True}
     checks = {(v["check"], v["loss"], v["precision"], v["targeted"]) for v in doc["verdicts"]}
     assert ("ce_zero_gradient", "ce", "fp32", False) in checks
+    # the device measured on is recorded (thresholds are device-dependent; issue 10)
+    assert doc["device"] == "cpu" and doc["torch_version"] == torch.__version__
     assert all(v["verdict"] in ("agrees", "disagrees", "too few points")
                for v in doc["verdicts"])
     built = tables([paths[0].parent])

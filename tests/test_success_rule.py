@@ -172,6 +172,7 @@ def test_reference_is_fp32_and_shared():
     net = _one_pixel(0.5)
     ref = PrecisionModel(net, Precision.FP32)
     assert ref.reference is ref
+    assert PrecisionModel(net, Precision.FP32, reference=ref).reference is not ref  # its own
     assert PrecisionModel(net, Precision.BF16, reference=ref).reference is ref
     own = PrecisionModel(net, Precision.FP16).reference
     assert own.precision is Precision.FP32 and own.reference is own

@@ -214,7 +214,7 @@ def run_ablations(
     ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
     rows, timings = [], []
     for prec in precisions:
-        attack_model = PrecisionModel(net, prec)
+        attack_model = PrecisionModel(net, prec, reference=ref32)  # ref32 confirms successes
         if prec not in suite.precisions:
             raise ValueError(f"precision {prec.value} is not in the precisions of suite "
                              f"{suite.name!r}")

@@ -54,8 +54,8 @@ class PrecisionModel(nn.Module):
     is ever needed), which also saves the parameter-gradient work.
 
     ``reference`` is the fp32 model that confirms an attack's successes (the project's verdict
-    precision): ``self`` at fp32, else the given fp32 ``PrecisionModel`` (share one to save a
-    copy) or a new fp32 copy of ``model``.
+    precision): ``self`` at fp32 (a given ``reference`` is not used), else the given fp32
+    ``PrecisionModel`` (share one to save a copy) or a new fp32 copy of ``model``.
     """
 
     def __init__(self, model: nn.Module, precision: Precision, *,
@@ -66,9 +66,7 @@ class PrecisionModel(nn.Module):
         for p in inner.parameters():
             p.requires_grad_(False)
         self.inner = inner
-        if precision is Precision.FP32:
-            if reference is not None and reference is not self:
-                raise ValueError("an fp32 PrecisionModel is its own reference; got another one")
+        if precision is Precision.FP32:  # its own reference; a given one is not needed
             self._reference: PrecisionModel | None = None
         else:
             if reference is not None and reference.precision is not Precision.FP32:

@@ -512,6 +512,13 @@ def _take(g: InputGradient, rows: Tensor) -> InputGradient:
     return InputGradient(g.grad[rows], g.logit_grad[rows], g.logits[rows])
 
 
+def device_name(device: torch.device) -> str:
+    """``"cpu"``, or e.g. ``"cuda:0 (NVIDIA A100-SXM4-40GB)"``: where a measurement ran."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def measure(
     model: nn.Module, x: Tensor, y: Tensor, plan: DiagnosticsPlan,
 ) -> tuple[pl.DataFrame, dict[str, object]]:
@@ -520,7 +527,8 @@ def measure(
     The float64 reference runs once per point set × loss × targeted on all points; a precision
     with a ``max_points`` cap runs on :func:`stratified_subset` of the clean float64 gaps (the
     same examples in every point set). Returns the example frame and a description of the
-    points (sizes, broken counts, subset) for the stage's JSON.
+    points (sizes, broken counts, subset) and of the device and torch version measured on (the
+    thresholds are device-dependent, ``benchmarks/device_check.py``) for the stage's JSON.
     """
     sets = point_sets(model, x, y, plan)
     models = {p: PrecisionModel(model, p) for p in (*plan.precisions, Precision.FP64)}
@@ -551,6 +559,7 @@ def measure(
                         pl.Series("example", ps.example[rows].numpy()),
                         pl.lit(rows.shape[0], dtype=pl.Int64).alias("n_points")))
     info = {
+        "device": device_name(x.device), "torch_version": torch.__version__,
         "num_classes": int(clean64.shape[1]),
         "point_sets": {ps.name: {"step": ps.step, "n_points": int(ps.x.shape[0]),
                                  "n_broken": ps.n_broken} for ps in sets},
