@@ -178,3 +178,17 @@ def test_reference_is_fp32_and_shared():
     assert own.precision is Precision.FP32 and own.reference is own
     with pytest.raises(ValueError, match="reference must be an fp32"):
         PrecisionModel(net, Precision.FP16, reference=PrecisionModel(net, Precision.FP64))
+
+
+def test_same_seed_same_result_with_dtype_only_hits():
+    """The confirmation draws no random numbers: two fp16 runs with restarts, dtype-only hits
+    and confirmed successes give identical results, field by field."""
+    bias1, x0v, eps, label = CASES[Precision.FP16]
+    model = PrecisionModel(_one_pixel(bias1), Precision.FP16)
+    x = torch.full((N, 1, 1, 1), x0v)
+    y = torch.full((N,), label)
+    cfg = PGDConfig(eps=eps, steps=3, restarts=2)
+    a, b = run_pgd(model, x, y, CE, cfg), run_pgd(model, x, y, CE, cfg)
+    assert int(a.dtype_only_hits.sum()) > 0
+    for field in a.__dataclass_fields__:
+        assert torch.equal(getattr(a, field), getattr(b, field)), field

@@ -10,10 +10,12 @@ its verdict re-verified by :func:`tmifpe.verify.verify` (fresh fp32 pass, inside
 (c) the engine: CE and T-MIFPE inside :func:`~tmifpe.attacks.pgd.run_pgd` (the suite's PGD) and
     inside :func:`~tmifpe.attacks.apgd.run_apgd` (APGD; T-MIFPE judged by its margin, see there).
 
-With freeze-on-success only the t* of *unsuccessful* examples ever reaches a gradient (phase (ii)
-rows and, since targeted runs also freeze on any misclassification, phase (iv) rows are frozen).
-So forcing "unsuccessful" must reproduce "auto" exactly: a built-in check of the bookkeeping.
-Forcing "successful" is the wrong phase for every attacked example.
+With freeze-on-success only the t* of *unsuccessful* examples ever reaches a gradient at fp32
+(phase (ii) rows and, since targeted runs also freeze on any misclassification, phase (iv) rows
+are frozen; at fp16/bf16 a dtype-only hit is attacked on in phase (ii)/(iv), see
+``tmifpe.attacks.runs.confirmed_hits``). So at fp32 forcing "unsuccessful" must reproduce "auto"
+exactly: a built-in check of the bookkeeping. Forcing "successful" is the wrong phase for every
+attacked example.
 """
 
 from __future__ import annotations
