@@ -41,7 +41,8 @@ Choices made here [derived here], where the paper leaves room or this project di
   then projected; this is APGD's start, not the eps-ball-vertex start of run_pgd.
 * **After a restart from x_max** the momentum term is reset (x^{k−1} := x_max) and the next
   increase is judged against f(x_max); the reference code instead keeps x^{k−1} of the abandoned
-  iterate. (b) may fire at the first checkpoint (the paper's condition; the code skips it).
+  iterate. (b) may fire at the first checkpoint (the paper's condition; the code skips it), and
+  (a) is the paper's strict "<" (the code halves also when the count equals ρ·interval).
 * **Checkpoints** follow AutoAttack's code (pyautoattack ``APGDAttack.attack_single_run``), not
   the paper's ⌈p_j·N⌉: first interval ⌊0.22·N⌋, then each interval shrinks by ⌊0.03·N⌋ down to
   ⌊0.06·N⌋ (each at least 1). Both agree for N = 100 (22, 41, 57, 70, 80, 87, 93, 99), and
