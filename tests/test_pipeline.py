@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
+from suite_support import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
@@ -27,23 +27,27 @@ TINY = {
     "name": "tiny",
     "device": "cpu",
     "threads": 1,
+    "hash_seed": 0,
+    "data_dir": "data/raw",
     "datasets": {"digits": {"source": "digits", "n_examples": 40, "eps": 0.2,
                             "test_size": 0.2, "split_seed": 0}},
     "model_zoo": {"digits_std": {"source": "trained", "dataset": "digits", "epochs": 3,
-                                 "lr": 0.003, "seed": 0}},
+                                 "lr": 0.003, "seed": 0, "arch": "small_cnn",
+                                 "batch_size": 64, "adv_eps": 0.0, "adv_steps": 7}},
     "models": ["digits_std"],
     "losses": ["ce", "tmifpe"],
     "budgets": [5],
-    "precisions": {"bf16": {"max_budget": 5, "n_targets": 2},
-                   "fp32": {"n_targets": 2}},
-    "attack": {"batch_size": 25, "seed": 0},
+    "precisions": {"bf16": {"max_budget": 5, "n_targets": 2, "n_examples": None},
+                   "fp32": {"max_budget": None, "n_targets": 2, "n_examples": None}},
+    "attack": {"schedule": "cosine", "momentum": 0.75, "restarts": 1, "batch_size": 25,
+               "tstar_rule": "coef", "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
-    "ablations": {"budgets": [3]},
+    "ablations": {"budgets": [3], "precisions": ["fp32"]},
 }
 
 
 def _write_params(repo: Path, suite: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
+    write_params(repo / "params.yaml", suite)
 
 
 def _env() -> dict[str, str]:
