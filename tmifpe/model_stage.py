@@ -23,9 +23,9 @@ from tmifpe.train import TrainConfig, train_model
 
 
 def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
-    """Files that identify the model of ``key`` (manifest, and checkpoint when trained here)."""
-    return [p for p in (out_dir / key / "manifest.json", out_dir / key / "model.pt")
-            if p.exists()]
+    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
+    folder = out_dir / key
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
 def _sha256(path: Path) -> str:
