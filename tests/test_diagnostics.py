@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from suite_support import complete
 from torch import nn
 
 from stages.diagnostics import run_diagnostics
@@ -177,7 +178,7 @@ def _tiny_suite(tmp_path, digits):
         "precisions": {"bf16": {"n_targets": 1}, "fp32": {"n_targets": 2},
                        "fp64": {"n_targets": 1}},
     }
-    suite = parse_suite(raw)
+    suite = parse_suite(complete(raw))
     save_tensors({"x_test": digits.x_test[:40], "y_test": digits.y_test[:40]},
                  tmp_path / "data" / "eval" / "digits.pt")
     torch.manual_seed(0)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from tmifpe.aggregate import aggregate
-from tmifpe.aggregate.synthetic import (
+from synthetic_results import (
     aa_frame,
     cell_frame,
     demo_results,
     write_autoattack,
     write_cell,
 )
+
+from tmifpe.aggregate import aggregate
 from tmifpe.report import html_report, latex_tables, render_html, render_latex
 from tmifpe.report.latex import Tex, cell_tex, tex_escape
 from tmifpe.report.views import Cell, dtype_only_grid, mark_best
