@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from tmifpe.attacks.schedule import Schedule
+from tmifpe.fast_config import FastParams
 from tmifpe.losses import LossName
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.precision import Precision
@@ -120,6 +121,7 @@ class SuiteParams(_Frozen):
     attack: AttackParams = AttackParams()
     autoattack: AutoAttackParams = AutoAttackParams()
     ablations: AblationParams = AblationParams()
+    fast: FastParams = FastParams()  # the fast preset (tmifpe/fast_config.py)
 
     @field_validator("device")
     @classmethod

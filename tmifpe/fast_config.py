@@ -1,0 +1,56 @@
+"""The ``fast:`` section of a suite in params.yaml: the fast preset and its tuning split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tmifpe.attacks.fast import PRESET_PHASES, FastConfig, Kind, Phase
+from tmifpe.losses import LossName
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FastPhaseParams(_Frozen):
+    kind: Literal["untargeted", "targeted"]
+    steps: int = Field(ge=1)
+    loss: LossName = LossName.TMIFPE
+    n_targets: int = Field(default=0, ge=0, le=99)
+    restarts: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _targets(self) -> FastPhaseParams:
+        if (self.kind == "targeted") != (self.n_targets > 0):
+            raise ValueError(f"a targeted phase needs n_targets >= 1 and an untargeted one 0, "
+                             f"got {self.kind} with n_targets={self.n_targets}")
+        return self
+
+    def phase(self) -> Phase:
+        return Phase(Kind(self.kind), self.steps, self.loss.value, self.n_targets, self.restarts)
+
+
+def _preset() -> list[FastPhaseParams]:
+    return [FastPhaseParams(kind=p.kind.value, steps=p.steps, loss=LossName(p.loss),
+                            n_targets=p.n_targets, restarts=p.restarts) for p in PRESET_PHASES]
+
+
+class FastParams(_Frozen):
+    """The preset's phases and guard, and the deterministic tuning/held-out split of the points:
+    a permutation of the example indices drawn with ``split_seed``, its first
+    ``round(tuning_fraction·N)`` entries are the tuning split."""
+
+    phases: list[FastPhaseParams] = Field(default_factory=_preset, min_length=1)
+    guard_queries: int = Field(default=100, ge=0)
+    guard_p_init: float = Field(default=0.8, gt=0.0, le=1.0)
+    split_seed: int = 0
+    tuning_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    batch_size: int = Field(default=500, ge=1)
+    seed: int = 0
+
+    def config(self, eps: float, tstar_rule: str = "coef") -> FastConfig:
+        return FastConfig(eps=eps, phases=tuple(p.phase() for p in self.phases),
+                          guard_queries=self.guard_queries, guard_p_init=self.guard_p_init,
+                          tstar_rule=tstar_rule, batch_size=self.batch_size, seed=self.seed)
