@@ -70,7 +70,7 @@ def load_fast(paths: Sequence[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
             raise ValueError(f"fast file {path} holds {ident.height} models (need 1)")
         timing.append({**ident.row(0, named=True), "wall_time_s": total})
     data = pl.concat([pl.DataFrame(schema=FAST_COLUMNS), *frames], how="vertical")
-    if data.select(MODEL_KEYS + ["example"]).is_duplicated().any():
+    if data.select([*MODEL_KEYS, "example"]).is_duplicated().any():
         raise ValueError("duplicate fast rows (model, example) across the listed files")
     tschema = {"suite": pl.String, "dataset": pl.String, "model": pl.String,
                "wall_time_s": pl.Float64}

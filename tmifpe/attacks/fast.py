@@ -38,8 +38,9 @@ from pyautoattack.square import SquareAttack
 from torch import Tensor, nn
 
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
-from tmifpe.attacks.autoattack_runner import match_rows
+from tmifpe.attacks.autoattack_runner import SNAP_TOL, match_rows
 from tmifpe.attacks.pgd import attack_targets
+from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import PGDResult, batch_seed
 from tmifpe.losses import LossName, get_loss, parse_loss
 from tmifpe.precision import Precision, PrecisionModel
@@ -258,9 +259,15 @@ def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg
                       p_init=cfg.guard_p_init, n_restarts=1, seed=cfg.seed, loss="margin",
                       resc_schedule=True, device=x.device)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        adv = sq.perturb(xs.clone(), ys.clone())
+        adv = sq.perturb(xs.clone(), ys.clone()).detach().float()
+    # Square computes x ± eps in float32, which can round outward (0.2 is no float32 number):
+    # like the AA runner, a violation <= SNAP_TOL is projected onto the exact ball; larger ones
+    # stay and are rejected by the verification.
+    lo, hi = linf_box(xs, cfg.eps)
+    over = torch.maximum(lo - adv, adv - hi).flatten(1).amax(dim=1)
+    fix = ((over > 0) & (over <= SNAP_TOL)).view(-1, *[1] * (adv.dim() - 1))
     out = x.detach().cpu().clone()
-    out[idx] = adv.detach().float().cpu()
+    out[idx] = torch.where(fix, project(adv, lo, hi), adv).cpu()
     return out
 
 
