@@ -39,6 +39,7 @@ TINY = {
     "attack": {"batch_size": 25, "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
     "ablations": {"budgets": [3]},
+    "fast": {"phases": [{"kind": "untargeted", "steps": 3}], "guard_queries": 10},
 }
 
 
