@@ -21,7 +21,7 @@ from tmifpe.aggregate.synthetic import (
 )
 from tmifpe.attacks.fast import FastConfig, Kind, Phase, run_fast
 from tmifpe.fast_cell import HELD_OUT, TUNING, split_labels, tuning_mask
-from tmifpe.report import html_report
+from tmifpe.report import html_report, latex_tables
 from tmifpe.verify import in_threat_model
 
 SHAPE = (1, 6, 6)
@@ -212,3 +212,5 @@ def test_report_section_renders(fast_tables) -> None:
     assert '<section id="fast">' in html and 'href="#fast"' in html
     assert "m1 (p), held-out points (n = 4)" in html
     assert "Square broke 1 point(s)" in html
+    tex = latex_tables(fast_tables)
+    assert "tab:tmifpe-fast" in tex and "Gap (points)" in tex

@@ -12,6 +12,7 @@ import polars as pl
 from tmifpe.aggregate.compare_aa import AA_STAGES
 from tmifpe.aggregate.fast import TARGET_GAP_PTS, TARGET_PASS_RATIO
 from tmifpe.report.detail import DASH, num, pct, pp
+from tmifpe.report.views import Block, Cell, Grid, Row
 
 HEADERS = (
     ("Model", False), ("Split", False), ("Points", True), ("Fast %", True), ("AA %", True),
@@ -90,3 +91,29 @@ def fast_section(tables: dict[str, pl.DataFrame]) -> FastSection | None:
             "on held-out points. “Fast only”/“AA only”: points broken by one and not the other.")
     return FastSection("fast", "Fast preset vs AutoAttack", note, tuple(h for h, _ in HEADERS),
                        tuple(n for _, n in HEADERS), rows, verdicts)
+
+
+def fast_grid(tables: dict[str, pl.DataFrame]) -> Grid | None:
+    """The held-out comparison as a grid (one column per model) for the LaTeX tables: robust
+    accuracy of the preset and of AutoAttack (%), gap (points), passes and wall time as % of
+    AutoAttack's."""
+    frame = tables.get("fast")
+    if frame is None or frame.height == 0:
+        return None
+    held = frame.filter(pl.col("split") == "held_out").sort("suite", "model")
+    rows_in = list(held.iter_rows(named=True))
+
+    def row(label: str, key: str, scale: float) -> Row:
+        return Row(label, tuple(Cell(None if r[key] is None else scale * r[key])
+                                for r in rows_in))
+
+    rows = (row("Fast preset robust acc. (%)", "robust_acc", 100.0),
+            row("AutoAttack robust acc. (%)", "aa_robust_acc", 100.0),
+            row("Gap (points)", "gap_vs_aa_pts", 1.0),
+            row("Passes (% of AutoAttack)", "pass_ratio", 100.0),
+            row("Wall time (% of AutoAttack)", "time_ratio", 100.0))
+    caption = ("Fast preset vs standard AutoAttack on the held-out points (fp32 verdicts). "
+               f"Target: gap <= {TARGET_GAP_PTS:g} points and passes <= "
+               f"{100 * TARGET_PASS_RATIO:g}% of AutoAttack's.")
+    return Grid("fast", "Fast preset vs AutoAttack", caption, "Held-out points",
+                tuple(r["model"] for r in rows_in), (), (Block(None, rows),))
