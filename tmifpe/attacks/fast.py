@@ -90,8 +90,8 @@ class Phase:
 
 # The preset (docs/fast.md: measured on the tuning split, benchmarks/fast_preset.py).
 PRESET_PHASES: tuple[Phase, ...] = (
-    Phase(Kind.UNTARGETED, steps=50),
-    Phase(Kind.TARGETED, steps=30, n_targets=3),
+    Phase(Kind.UNTARGETED, steps=50, restarts=2),  # the restart runs on the survivors only
+    Phase(Kind.TARGETED, steps=20, n_targets=3),
 )
 
 
