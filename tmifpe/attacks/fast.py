@@ -4,11 +4,12 @@ gradient-masking guard.
 Composition (each phase only on the points still robust after the previous ones, every verdict
 re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
 
-1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) with T-MIFPE, untargeted;
-2. APGD with targeted T-MIFPE on the clean ranks 2…k+1 (:func:`~tmifpe.attacks.pgd.attack_targets`),
-   one run per target, each only on the survivors;
+1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) with T-MIFPE, untargeted, 50 iterations, run
+   twice (the second run, from a new random start, only on the survivors of the first);
+2. APGD with targeted T-MIFPE, 20 iterations, on the clean ranks 2…4
+   (:func:`~tmifpe.attacks.pgd.attack_targets`), one run per target, each on the survivors;
 3. the guard: pyautoattack's Square attack (gradient-free, public class
-   ``pyautoattack.square.SquareAttack``) with a short query budget on the survivors.
+   ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors.
 
 The phase lengths, k and the guard budget are the preset's (``FastConfig``), chosen by
 measurement on a tuning split (``benchmarks/fast_preset.py``, ``docs/fast.md``). APGD's progress
