@@ -22,6 +22,7 @@ from tmifpe.aggregate.synthetic import (
 from tmifpe.attacks.fast import FastConfig, Kind, Phase, run_fast
 from tmifpe.fast_cell import HELD_OUT, TUNING, split_labels, tuning_mask
 from tmifpe.report import html_report, latex_tables
+from tmifpe.report.fast import fast_section
 from tmifpe.verify import in_threat_model
 
 SHAPE = (1, 6, 6)
@@ -214,3 +215,16 @@ def test_report_section_renders(fast_tables) -> None:
     assert "Square broke 1 point(s)" in html
     tex = latex_tables(fast_tables)
     assert "tab:tmifpe-fast" in tex and "Gap (points)" in tex
+
+
+def test_report_says_by_how_much_a_missed_target_is_missed(fast_tables) -> None:
+    held = pl.col("split") == "held_out"
+    missed = fast_tables["fast"].with_columns(
+        gap_vs_aa_pts=pl.when(held).then(1.5).otherwise(pl.col("gap_vs_aa_pts")),
+        pass_ratio=pl.when(held).then(0.125).otherwise(pl.col("pass_ratio")),
+        target_met=pl.when(held).then(False).otherwise(pl.col("target_met")))
+    (verdict,) = fast_section({**fast_tables, "fast": missed}).verdicts
+    assert "target NOT met" in verdict
+    assert "gap +1.50 pts, 1.50 pts above the target" in verdict
+    assert "first broken by apgd-ce: 1" in verdict
+    assert "pass ratio 0.1250, 0.0250 above the target 0.1" in verdict
