@@ -114,7 +114,7 @@ def measure(suite, models: list[str]) -> list[dict]:
         net = load_model(suite, model_key)
         for name, (phases, guard) in candidates().items():
             cfg = FastConfig(eps=ds.eps, phases=phases, guard_queries=guard,
-                             tstar_rule=suite.attack.tstar_rule, batch_size=fp.batch_size,
+                             tstar_rule=fp.tstar_rule, batch_size=fp.batch_size,
                              seed=fp.seed)
             t0 = time.perf_counter()
             res = run_fast(net, x, y, cfg)

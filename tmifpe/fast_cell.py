@@ -97,7 +97,7 @@ def run_fast_cell(suite: SuiteParams, model_key: str, *, data_path: Path, out: P
     x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
     model = load_model(suite, model_key).to(device)
     fp = suite.fast
-    config = fp.config(ds.eps, suite.attack.tstar_rule)
+    config = fp.config(ds.eps)
     t0 = time.perf_counter()
     result = run_fast(model, x.to(device), y.to(device), config)
     wall = time.perf_counter() - t0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tmifpe.attacks.fast import PRESET_PHASES, FastConfig, Kind, Phase
 from tmifpe.losses import LossName
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 
 
 class _Frozen(BaseModel):
@@ -47,10 +48,18 @@ class FastParams(_Frozen):
     guard_p_init: float = Field(default=0.8, gt=0.0, le=1.0)
     split_seed: int = 0
     tuning_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    tstar_rule: str = "coef"  # T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar)
     batch_size: int = Field(default=500, ge=1)
     seed: int = 0
 
-    def config(self, eps: float, tstar_rule: str = "coef") -> FastConfig:
+    @field_validator("tstar_rule")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        if v not in PHASE23_RULES:
+            raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
+        return v
+
+    def config(self, eps: float) -> FastConfig:
         return FastConfig(eps=eps, phases=tuple(p.phase() for p in self.phases),
                           guard_queries=self.guard_queries, guard_p_init=self.guard_p_init,
-                          tstar_rule=tstar_rule, batch_size=self.batch_size, seed=self.seed)
+                          tstar_rule=self.tstar_rule, batch_size=self.batch_size, seed=self.seed)
