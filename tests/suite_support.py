@@ -20,6 +20,11 @@ ATTACK = {"schedule": "cosine", "momentum": 0.75, "restarts": 1, "batch_size": 5
           "tstar_rule": "coef", "seed": 0}
 AUTOATTACK = {"seed": 0, "batch_size": 500}
 ABLATIONS = {"budgets": [20], "precisions": ["fp32"]}
+# a tiny fast preset (the suites' own is in conf/suite/*.yaml)
+FAST = {"phases": [{"kind": "untargeted", "steps": 3, "loss": "tmifpe", "n_targets": 0,
+                    "restarts": 1}],
+        "guard_queries": 10, "guard_p_init": 0.8, "tstar_rule": "coef", "split_seed": 0,
+        "tuning_fraction": 0.5, "batch_size": 500, "seed": 0}
 TRAINING = {"arch": "small_cnn", "epochs": 10, "lr": 0.001, "batch_size": 64, "adv_eps": 0.0,
             "adv_steps": 7, "seed": 0}
 DIGITS_SPLIT = {"test_size": 0.25, "split_seed": 0}
@@ -31,7 +36,8 @@ def complete(partial: dict[str, Any]) -> dict[str, Any]:
     suite = copy.deepcopy(partial)
     for key, value in TOP.items():
         suite.setdefault(key, value)
-    for key, base in (("attack", ATTACK), ("autoattack", AUTOATTACK), ("ablations", ABLATIONS)):
+    for key, base in (("attack", ATTACK), ("autoattack", AUTOATTACK), ("ablations", ABLATIONS),
+                      ("fast", FAST)):
         suite[key] = {**base, **suite.get(key, {})}
     for ds in suite.get("datasets", {}).values():
         if ds.get("source") == "digits":

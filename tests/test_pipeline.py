@@ -44,6 +44,10 @@ TINY = {
                "tstar_rule": "coef", "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
     "ablations": {"budgets": [3], "precisions": ["fp32"]},
+    "fast": {"phases": [{"kind": "untargeted", "steps": 3, "loss": "tmifpe", "n_targets": 0,
+                         "restarts": 1}],
+             "guard_queries": 10, "guard_p_init": 0.8, "tstar_rule": "coef", "split_seed": 0,
+             "tuning_fraction": 0.5, "batch_size": 500, "seed": 0},
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tmifpe.attacks.schedule import Schedule
+from tmifpe.fast_config import FastParams
 from tmifpe.losses import LossName
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.precision import Precision
@@ -138,6 +139,7 @@ class SuiteParams(_Frozen):
     attack: AttackParams
     autoattack: AutoAttackParams
     ablations: AblationParams
+    fast: FastParams  # the fast preset (tmifpe/fast_config.py)
 
     @field_validator("device")
     @classmethod

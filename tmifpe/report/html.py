@@ -11,6 +11,7 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tmifpe.report.detail import Table, all_tables
+from tmifpe.report.fast import fast_section
 from tmifpe.report.output import write_text_atomic
 from tmifpe.report.plots import all_figures
 from tmifpe.report.views import DIGITS, budget_grid, dtype_only_grid, main_grid, precision_grid
@@ -45,6 +46,8 @@ def html_report(
     figures = all_figures(tables)
     details = [*all_tables(tables), *extra_tables]
     contents = [(grids["main"].key, "Main comparison")]
+    fast = fast_section(tables)  # the fast preset beside AutoAttack (None without results)
+    contents += [(fast.key, fast.title)] if fast else []
     contents += [(f.key, f.title) for f in figures]
     contents += [(g.key, g.title) for g in (grids["precision"], grids["dtype_only"],
                                             grids["budget"])]
@@ -55,6 +58,7 @@ def html_report(
         contents=contents,
         figures=figures,
         tables=details,
+        fast=fast,
         **grids,
     )
 
