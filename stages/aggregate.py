@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from tmifpe.aggregate import aggregate, metrics_json, write_aggregates
+from tmifpe.aggregate.fast import fast_files
 from tmifpe.atomic import write_json
 from tmifpe.config import SuiteParams
 from tmifpe.grid import grid_files, leaderboard, robustbench_ids
@@ -17,7 +18,8 @@ def main() -> None:
     def body(suite: SuiteParams) -> None:
         files = grid_files(suite)
         tables = aggregate(files.cells, files.autoattack, files.timings,
-                           leaderboard=leaderboard(), model_ids=robustbench_ids(suite))
+                           leaderboard=leaderboard(), model_ids=robustbench_ids(suite),
+                           fast_files=fast_files(suite.models))
         write_aggregates(tables, Path("results/aggregate"))
         write_json(metrics_json(tables), Path("results/metrics.json"))
         print(f"aggregate: {len(files.cells)} attack cells, "

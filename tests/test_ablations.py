@@ -10,7 +10,7 @@ import math
 import polars as pl
 import pytest
 import torch
-import yaml
+from suite_support import write_params
 
 from tmifpe.ablations import (
     BUDGETS,
@@ -180,7 +180,7 @@ def stage_dir(tmp_path_factory, digits):
         "precisions": {"fp32": {"n_targets": 2}},
         "attack": {"batch_size": 25, "tstar_rule": "coef", "seed": 0},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump({"active": suite}))
+    write_params(root / "params.yaml", suite)
     save_tensors({"x_train": digits.x_train, "y_train": digits.y_train,
                   "x_test": digits.x_test[:N_POINTS], "y_test": digits.y_test[:N_POINTS]},
                  root / "data" / "eval" / "digits.pt")

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from tmifpe.aggregate import TABLE_KEYS, aggregate, metrics_json, write_aggregates
-from tmifpe.aggregate.synthetic import (
+from synthetic_results import (
     aa_frame,
     cell_frame,
     write_autoattack,
     write_cell,
     write_timing,
 )
+
+from tmifpe.aggregate import TABLE_KEYS, aggregate, metrics_json, write_aggregates
 
 MODEL = "net"
 # Per example: (clean_correct, robust_fp32, first_success_iter).
@@ -48,10 +48,14 @@ def write_grid(root: Path) -> dict[str, list[Path]]:
         + run_rows(CE_FP32, precision="fp64"),
         model=MODEL, loss="ce", budget=10,
     )
-    # precision-induced false success on example 1 at fp16; a skipped NaN step on example 3.
+    # precision-induced false success on example 1 at fp16; a skipped NaN step on example 3;
+    # dtype-only hits: 3 iterates of example 0 and 1 of example 1 at fp16.
     ce10 = ce10.with_columns(
         pl.when((pl.col("precision") == "fp16") & (pl.col("example") == 1))
         .then(True).otherwise(pl.col("false_success")).alias("false_success"),
+        pl.when(pl.col("precision") == "fp16").then(
+            pl.col("example").replace_strict({0: 3, 1: 1}, default=0, return_dtype=pl.Int64))
+        .otherwise(pl.col("dtype_only_hits")).alias("dtype_only_hits"),
         pl.when((pl.col("precision") == "fp16") & (pl.col("example") == 3))
         .then(4).otherwise(pl.col("nonfinite_steps")).alias("nonfinite_steps"),
     )
@@ -198,11 +202,13 @@ def test_precision_effect(tables):
     assert fp16["robust_acc"] == 0.5 and fp16["fp64_robust_acc"] == 0.25
     assert fp16["delta_vs_fp64_pp"] == pytest.approx(25.0)
     assert fp16["n_false_success"] == 1
+    assert fp16["n_dtype_only_examples"] == 2 and fp16["dtype_only_hits"] == 4
     assert fp16["zero_grad_steps"] == 8 and fp16["backward_passes"] == 30
     assert fp16["zero_grad_fraction"] == pytest.approx(8 / 30)
     assert fp16["nonfinite_steps"] == 4
     fp32 = one(tables["precision_effect"], loss="ce", precision="fp32", budget=10)
     assert fp32["delta_vs_fp64_pp"] == 0.0 and fp32["zero_grad_fraction"] == 0.0
+    assert fp32["n_dtype_only_examples"] == 0 and fp32["dtype_only_hits"] == 0
 
 
 def test_nan_inf_and_missing_margins_are_surfaced(tmp_path):
@@ -334,3 +340,35 @@ def test_unreadable_or_mistyped_file_is_refused_by_name(tmp_path):
     path = write_cell(frame.with_columns(pl.lit("ten").alias("budget")), tmp_path / "typed")
     with pytest.raises(ValueError, match="cannot be read as documented"):
         aggregate([path], [], [])
+
+
+def test_multi_batch_cell_one_row_per_run_with_summed_wall_time(tmp_path):
+    """A cell run in 3 batches (points 0-1, 2, 3) has 3 timing records per run: the cost and
+    AutoAttack tables keep one row per run, with wall time Σ wall / Σ points."""
+    grid = write_grid(tmp_path)
+    batches = [(0, 2, 0.3), (2, 1, 0.25), (3, 1, 0.25)]  # (start, n_examples, wall_time_s)
+    records = [{"precision": p, "targeted": False, "start": start, "n_examples": n,
+                "n_attacked": n, "wall_time_s": scale * w}
+               for p, scale in (("fp16", 1.0), ("fp32", 2.0), ("fp64", 4.0))
+               for start, n, w in batches]
+    assert len(records) == 9
+    write_timing(grid["cells"][0], records)
+    tables = aggregate(grid["cells"], grid["aa"], grid["timing"])
+    for name in ("attack_cost", "vs_autoattack"):
+        keys = ["model", "loss", "targeted", "precision", "budget"]
+        assert tables[name].select(keys).is_duplicated().sum() == 0, name
+    cost = one(tables["attack_cost"], loss="ce", targeted=False, precision="fp32", budget=10)
+    assert cost["n"] == 4 and cost["wall_time_per_point_s"] == pytest.approx(1.6 / 4)
+    vs = one(tables["vs_autoattack"], loss="ce", targeted=False, precision="fp64", budget=10)
+    assert vs["wall_time_per_point_s"] == pytest.approx(3.2 / 4)
+    assert vs["wall_time_ratio"] == pytest.approx(0.8 / 2.0)
+    assert tables["vs_autoattack"].height == tables["attack_cost"].height
+
+
+def test_timing_batch_listed_twice_is_refused(tmp_path):
+    grid = write_grid(tmp_path)
+    rec = {"precision": "fp32", "targeted": False, "start": 0, "n_examples": 4,
+           "n_attacked": 4, "wall_time_s": 0.4}
+    write_timing(grid["cells"][0], [rec, rec])
+    with pytest.raises(ValueError, match="batch listed twice"):
+        aggregate(grid["cells"], grid["aa"], grid["timing"])

@@ -24,6 +24,8 @@ from tmifpe.attacks.apgd import (
     Progress,
     checkpoint_fractions,
     checkpoints,
+    default_progress,
+    paper_checkpoints,
     run_apgd,
     uniform_start,
 )
@@ -55,16 +57,61 @@ def test_checkpoint_fractions_follow_the_recursion():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 20, 37, 50, 100, 101, 250, 1000, 1001])
-def test_checkpoints_match_formula(n):
-    ws = checkpoints(n)
+def test_paper_checkpoints_match_formula(n):
+    ws = paper_checkpoints(n)
     assert ws == _formula_checkpoints(n)
     assert all(1 <= w <= n for w in ws) and list(ws) == sorted(set(ws))
 
 
-def test_checkpoints_for_100_iterations_match_autoattack():
-    # the documented AutoAttack schedule (22, 41, 57, 70, 80, 87, 93, 99)
-    assert checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
-    assert checkpoints(20) == (5, 9, 12, 14, 16, 18, 19, 20)
+def _autoattack_checkpoints(n: int) -> tuple[int, ...]:
+    """The iterations (1-based) at which pyautoattack's ``attack_single_run`` checks the step
+    size, from its own counters: ``counter3 == k`` after iteration i, then
+    ``k = max(k - size_decr, n_iter_min)`` (read from the installed package, not re-derived)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    apgd = APGDAttack(nn.Identity(), n_iter=n, eps=0.1, device="cpu")
+    k, counter, out = apgd.n_iter_2, 0, []
+    for i in range(n):
+        counter += 1
+        if counter == k:
+            out.append(i + 1)
+            k = max(k - apgd.size_decr, apgd.n_iter_min)
+            counter = 0
+    return tuple(out)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 20, 37, 50, 100, 101, 250, 1000, 1001])
+def test_checkpoints_match_autoattack(n):
+    assert checkpoints(n) == _autoattack_checkpoints(n)
+
+
+def test_checkpoints_for_100_and_20_iterations():
+    # AutoAttack's schedule, which the engine runs; the paper's ⌈p_j·N⌉ agrees at N = 100 only
+    assert checkpoints(100) == paper_checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
+    assert checkpoints(20) == (4, 7, 9, *range(10, 21))
+    assert paper_checkpoints(20) == (5, 9, 12, 14, 16, 18, 19, 20)
+
+
+def test_default_progress_is_the_margin_for_scaled_losses():
+    """Before issue 10 the default was the loss for every loss, which the module docstring
+    calls meaningless for MIFPE/T-MIFPE."""
+    assert APGDConfig(eps=0.1, steps=5).progress is None
+    for name in ("mifpe", "tmifpe"):
+        assert default_progress(get_loss(name)) is Progress.MARGIN
+    for name in ("ce", "cw", "dlr"):
+        assert default_progress(get_loss(name)) is Progress.LOSS
+
+
+def test_nonfinite_loss_skips_the_step():
+    """A step whose loss is NaN is skipped (iterate and momentum stay, no progress), as the
+    module docstring says; before issue 10 the NaN gradient entries were zeroed and the step
+    taken, so the momentum term still moved the iterate."""
+    n, eps = 6, 0.1
+    xs_ok, start = _scripted_run([float(k) for k in range(n + 1)], n, eps)
+    assert not torch.equal(xs_ok[1], start)  # a finite loss: the first step moves
+    xs, _ = _scripted_run([float("nan"), float("nan"), *map(float, range(2, n + 1))], n, eps)
+    assert torch.equal(xs[1], start) and torch.equal(xs[2], start)  # two skipped steps
+    assert not torch.equal(xs[3], start)  # then it moves again
 
 
 # --- feasibility, determinism, bookkeeping ----------------------------------------------------

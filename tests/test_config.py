@@ -9,19 +9,20 @@ import pytest
 import yaml
 
 from tmifpe.config import ParamsError, load_params, parse_suite
+from tmifpe.precision import Precision
+from tmifpe.suite_grid import PRECISION_ORDER, derive_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default() -> dict:
-    return copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text())["active"])
+    return copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text())["suite"])
 
 
 def test_shipped_params_are_valid_for_both_suites() -> None:
-    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert load_params(ROOT / "params.yaml").name == "default"
-    assert parse_suite(doc["suites"]["paper"]).name == "paper"
-    paper = parse_suite(doc["suites"]["paper"])
+    paper = parse_suite(yaml.safe_load((ROOT / "conf/suite/paper.yaml").read_text()))
+    assert paper.name == "paper"
     assert paper.dataset_of("c10_standard")[1].eps == pytest.approx(8 / 255)
 
 
@@ -38,8 +39,8 @@ def test_all_problems_reported_at_once() -> None:
     lines = str(info.value).splitlines()
     text = "\n".join(lines)
     assert len(lines) >= 7, text
-    assert "active.losses.1: got 'focal'" in text and "'mifpe' or 'tmifpe'" in text
-    assert "active.datasets.digits.eps: got 1.5" in text
+    assert "suite.losses.1: got 'focal'" in text and "'mifpe' or 'tmifpe'" in text
+    assert "suite.datasets.digits.eps: got 1.5" in text
     assert "fp8" in text and "'fp16', 'bf16', 'fp32' or 'fp64'" in text
     assert "duplicate value 10" in text and "duplicate value 'ce'" in text
     assert "budgets: 0 must be a positive integer" in text
@@ -54,7 +55,7 @@ def test_grid_keys_reject_dash_and_empty_grid() -> None:
     with pytest.raises(ParamsError) as info:
         parse_suite(raw)
     text = str(info.value)
-    assert "active.models" in text and "at least 1" in text
+    assert "suite.models" in text and "at least 1" in text
     assert "wrn-28" in text
 
 
@@ -79,8 +80,8 @@ def test_ablation_params_validated() -> None:
     with pytest.raises(ParamsError) as info:
         parse_suite(raw)
     text = str(info.value)
-    assert "active.ablations.budgets" in text and "distinct positive integers" in text
-    assert "active.ablations.precisions.0: got 'fp8'" in text
+    assert "suite.ablations.budgets" in text and "distinct positive integers" in text
+    assert "suite.ablations.precisions.0: got 'fp8'" in text
     assert parse_suite(_default()).ablations.budgets == [20]
 
 
@@ -88,6 +89,38 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "params.yaml")
     bad = tmp_path / "params.yaml"
-    bad.write_text("active: [unclosed\n")
+    bad.write_text("suite: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_settings_that_change_results_have_no_hidden_default() -> None:
+    raw = _default()
+    del raw["attack"]["momentum"], raw["threads"], raw["precisions"]["fp32"]["n_examples"]
+    del raw["model_zoo"]["digits_std"]["batch_size"], raw["datasets"]["digits"]["split_seed"]
+    with pytest.raises(ParamsError) as info:
+        parse_suite(raw)
+    text = str(info.value)
+    for key in ("suite.attack.momentum", "suite.threads", "suite.precisions.fp32.n_examples"):
+        assert f"{key}: Field required" in text, text
+    assert "suite.model_zoo.digits_std: a trained model needs batch_size" in text
+    assert "suite.datasets.digits: a digits dataset needs `test_size` and `split_seed`" in text
+
+
+def test_stale_grid_is_an_error_naming_the_entry(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["suite"]["precisions"]["fp64"]["max_budget"] = 100  # hand edit without recomposing
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("params.yaml: grid.precisions.b100: got "), lines
+    assert "dvc exp run" in lines[0]
+    doc["grid"] = derive_grid(doc["suite"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert Precision.FP64 in load_params(path).precisions_for_budget(100)
+
+
+def test_precision_order_is_the_enum_order() -> None:
+    assert tuple(p.value for p in Precision) == PRECISION_ORDER

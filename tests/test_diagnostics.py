@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from suite_support import complete
 from torch import nn
 
 from stages.diagnostics import run_diagnostics
@@ -26,7 +27,7 @@ from tmifpe.diagnostics import (
 )
 from tmifpe.diagnostics.report import tables
 from tmifpe.losses import get_loss
-from tmifpe.losses.scaling import top2_gap
+from tmifpe.losses.scaling import scale_logits
 from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.precision import Precision, PrecisionModel
@@ -155,7 +156,7 @@ def test_tstar_recorder_matches_optimal_t_and_the_loss(digits, digits_cnn):
     t = optimal_t(logits, y, targets=tgt, rule="coef", dtype=logits.dtype)
     assert torch.equal(rec.calls[0]["t_star"], t)
     # the t* recorded is the one the loss used: CE((t*/Δ)·z, y_t) reproduces the loss
-    scaled = logits * (t.float() / top2_gap(logits))[:, None]
+    scaled = scale_logits(logits, t)
     assert torch.allclose(-F.cross_entropy(scaled, tgt, reduction="none"), out, atol=1e-6)
     # inside a real attack: one record per iteration, every row the loss received
     rec = TStarRecorder(loss, rule="coef")
@@ -177,7 +178,7 @@ def _tiny_suite(tmp_path, digits):
         "precisions": {"bf16": {"n_targets": 1}, "fp32": {"n_targets": 2},
                        "fp64": {"n_targets": 1}},
     }
-    suite = parse_suite(raw)
+    suite = parse_suite(complete(raw))
     save_tensors({"x_test": digits.x_test[:40], "y_test": digits.y_test[:40]},
                  tmp_path / "data" / "eval" / "digits.pt")
     torch.manual_seed(0)
@@ -211,6 +212,8 @@ def test_stage_outputs_columns_and_determinism(tmp_path, monkeypatch, digits):
     assert set(tstar["targeted"].unique().to_list()) == {False, True}
     checks = {(v["check"], v["loss"], v["precision"], v["targeted"]) for v in doc["verdicts"]}
     assert ("ce_zero_gradient", "ce", "fp32", False) in checks
+    # the device measured on is recorded (thresholds are device-dependent; issue 10)
+    assert doc["device"] == "cpu" and doc["torch_version"] == torch.__version__
     assert all(v["verdict"] in ("agrees", "disagrees", "too few points")
                for v in doc["verdicts"])
     built = tables([paths[0].parent])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tmifpe.losses import LOSSES, LossName, get_loss, parse_loss
+from tmifpe.losses.scaling import guarded_gap, scale_factor, scale_logits
 from tmifpe.losses.tmifpe.tstar import optimal_t
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +231,69 @@ def test_subnormal_gap_fp16_is_finite(name):
     loss = get_loss(name)(z, torch.tensor([0]))
     (g,) = torch.autograd.grad(loss.sum(), z)
     assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+
+
+def test_near_tie_fp16_tmifpe_gradient_not_smaller_than_ce():
+    """fp16 logits [0.01, 0.01 − ulp, −0.5, −1], target 2: Δ = 2^-17 is below fp16's smallest
+    normal, a tie for the guard. The scale and t* must see the same guarded Δ (t* = 1, c = 1),
+    so T-MIFPE's logit gradient is CE's. Before issue 10 t* saw Δ = 2^-17 while the scale saw 1:
+    c ≈ 1.5e-5 and a gradient of 1e-5 against CE's 0.34, the vanishing gradient T-MIFPE exists
+    to prevent."""
+    a = torch.tensor(0.01, dtype=torch.float16)
+    b = torch.nextafter(a, torch.tensor(0.0, dtype=torch.float16))
+    z = torch.stack([a, b, *torch.tensor([-0.5, -1.0], dtype=torch.float16)])[None]
+    y, tgt = torch.tensor([0]), torch.tensor([2])
+    for rule in RULES:
+        g_tm = _grad(get_loss("tmifpe", tstar_rule=rule), z, y, tgt).float()
+        g_ce = _grad(get_loss("ce"), z, y, tgt).float()
+        assert g_ce.norm() > 0.3
+        assert g_tm.norm() >= g_ce.norm() * (1 - 2**-10), rule  # not smaller (fp16 rounding)
+    assert optimal_t(z, y, targets=tgt).item() == 1.0  # the tie rule of the one guarded Δ
+
+
+# near-ties at a large logit: fp16 [20, 19.953, …] (Δ = 0.047), bf16 [20, 19.875, …]
+FAR_LOGITS = {
+    torch.float16: [20.0, 19.953, 15.0, 12.0, 10.0, 5.0, 0.0, -3.0, -5.0, -8.0],
+    torch.bfloat16: [20.0, 19.875, 15.0, 12.0, 10.0, 5.0, 0.0, -3.0, -5.0, -8.0],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_scaled_gaps_exact_after_max_subtraction(dtype):
+    """The scaled top-2 gap is t up to two roundings (c and the product), and the logit gradient
+    of MIFPE/T-MIFPE matches the float64 formula c·(softmax(c·z) − e_y) at the same (exactly
+    upcast) logits within 1%. Before issue 10 the logits were scaled without subtracting the row
+    max: c·20 ≈ 544 lands where fp16's spacing is 0.5, so the gap was 1.5 instead of 1.278 and
+    the gradient 16% off (bf16 18-25%)."""
+    z = torch.tensor([FAR_LOGITS[dtype]], dtype=dtype)
+    y = torch.tensor([0])
+    eps = torch.finfo(dtype).eps
+    t = optimal_t(z, y, dtype=dtype)
+    assert t.item() == pytest.approx(T_TWO_LOGITS, abs=1e-3)  # two dominant logits
+    top = scale_logits(z, t).double().topk(2, dim=1).values
+    assert (top[:, 0] - top[:, 1]).item() == pytest.approx(t.item(), rel=eps)
+    z64 = z.double()
+    top64 = z64.topk(2, dim=1).values
+    delta = (top64[:, 0] - top64[:, 1])[:, None]
+    onehot = torch.nn.functional.one_hot(y, 10).double()
+    for name, tt in (("mifpe", torch.ones(1, dtype=torch.float64)), ("tmifpe", t)):
+        c = tt[:, None] / delta
+        expected = c * (torch.softmax(c * z64, dim=1) - onehot)
+        got = _grad(get_loss(name), z, y, None).double()
+        err = ((got - expected).norm() / expected.norm()).item()
+        assert err < 0.01, (name, err)
+
+
+def test_scale_is_finite_and_capped():
+    """c = t/Δ is computed in float64 and capped at the dtype's largest finite number: t = 8 on
+    fp16's smallest normal Δ = 2^-14 would be 131072 > 65504."""
+    tiny = torch.finfo(torch.float16).smallest_normal
+    z = torch.tensor([[tiny, 0.0, -1.0]], dtype=torch.float16)
+    c = scale_factor(z, torch.tensor([8.0], dtype=torch.float64))
+    assert c.dtype == torch.float16 and c.item() == torch.finfo(torch.float16).max
+    assert scale_factor(z, torch.tensor([1.0], dtype=torch.float64)).item() == 2**14
+    delta, tie = guarded_gap(z[:, [1, 1, 2]])  # exact tie
+    assert tie.item() and delta.item() == 1.0
 
 
 # ---------------------------------------------------------------- errors and registry

@@ -3,6 +3,7 @@ RobustBench checkpoints staged offline in robustbench's on-disk layout."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -105,11 +106,20 @@ def _two_images() -> torch.Tensor:
 
 
 def test_staged_checkpoint_loads_offline_and_matches(staged_standard, monkeypatch):
+    """Loaded by robustbench's own load_model, once, with weights-only forced for that call."""
     model_dir, reference = staged_standard
-    spy = _LoadSpy()
+    seen: list[str | None] = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD"))
+        return real_load(*args, **kwargs)
+
     monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
     model = load_robustbench("Standard", "cifar10", model_dir)
-    assert [c.get("weights_only") for c in spy.calls] == [True]
+    assert seen == ["1"]
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # restored after the call
     assert _all_eval(model)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with torch.no_grad():
@@ -155,12 +165,18 @@ class _NotAllowlisted:
     pass
 
 
-def test_pickled_objects_are_refused(tmp_path):
+@pytest.mark.parametrize("env", [{}, {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}])
+def test_pickled_objects_are_refused(tmp_path, monkeypatch, env):
+    """Even when the environment asks torch for full unpickling by default."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     path = tmp_path / "cifar10" / "Linf" / "Standard.pt"
     path.parent.mkdir(parents=True)
     torch.save({"state_dict": {}, "extra": _NotAllowlisted()}, path)
     with pytest.raises(CheckpointError, match="weights-only"):
         load_robustbench("Standard", "cifar10", tmp_path)
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == env.get(
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
 
 
 def test_missing_checkpoint_offline_names_the_path(tmp_path):

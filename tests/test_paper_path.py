@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import yaml
+from suite_support import write_params
 from test_pipeline import ROOT, _dvc, _ran, _run
 
 from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
@@ -62,7 +62,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
         "autoattack": {"seed": 0, "batch_size": N},
         "ablations": {"budgets": [2]},
     }
-    (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
+    write_params(repo / "params.yaml", suite)
     _run(repo, "git", "init", "-q")
     _dvc(repo, "init", "-q")
     _dvc(repo, "config", "core.analytics", "false")
@@ -90,7 +90,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
 
     # a wrong MD5 (a corrupt or different file) fails the data stage with a one-line error
     suite["datasets"]["cifar10"]["md5"] = {**md5s, "test_batch": "0" * 32}
-    (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
+    write_params(repo / "params.yaml", suite)
     bad = _dvc(repo, "repro", "data@cifar10", check=False)
     assert bad.returncode != 0
     assert "test_batch" in bad.stderr and "0" * 32 in bad.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from suite_support import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
@@ -27,23 +28,31 @@ TINY = {
     "name": "tiny",
     "device": "cpu",
     "threads": 1,
+    "hash_seed": 0,
+    "data_dir": "data/raw",
     "datasets": {"digits": {"source": "digits", "n_examples": 40, "eps": 0.2,
                             "test_size": 0.2, "split_seed": 0}},
     "model_zoo": {"digits_std": {"source": "trained", "dataset": "digits", "epochs": 3,
-                                 "lr": 0.003, "seed": 0}},
+                                 "lr": 0.003, "seed": 0, "arch": "small_cnn",
+                                 "batch_size": 64, "adv_eps": 0.0, "adv_steps": 7}},
     "models": ["digits_std"],
     "losses": ["ce", "tmifpe"],
     "budgets": [5],
-    "precisions": {"bf16": {"max_budget": 5, "n_targets": 2},
-                   "fp32": {"n_targets": 2}},
-    "attack": {"batch_size": 25, "seed": 0},
+    "precisions": {"bf16": {"max_budget": 5, "n_targets": 2, "n_examples": None},
+                   "fp32": {"max_budget": None, "n_targets": 2, "n_examples": None}},
+    "attack": {"schedule": "cosine", "momentum": 0.75, "restarts": 1, "batch_size": 25,
+               "tstar_rule": "coef", "seed": 0},
     "autoattack": {"seed": 0, "batch_size": 40},
-    "ablations": {"budgets": [3]},
+    "ablations": {"budgets": [3], "precisions": ["fp32"]},
+    "fast": {"phases": [{"kind": "untargeted", "steps": 3, "loss": "tmifpe", "n_targets": 0,
+                         "restarts": 1}],
+             "guard_queries": 10, "guard_p_init": 0.8, "tstar_rule": "coef", "split_seed": 0,
+             "tuning_fraction": 0.5, "batch_size": 500, "seed": 0},
 }
 
 
 def _write_params(repo: Path, suite: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump({"active": suite}, sort_keys=False))
+    write_params(repo / "params.yaml", suite)
 
 
 def _env() -> dict[str, str]:
@@ -72,16 +81,20 @@ def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline")
-    for name in ("tmifpe", "stages"):
+    for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / name, repo / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    # the default suite of this copy is TINY, so that `dvc exp run` composes it
+    (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     _write_params(repo, TINY)
     _run(repo, "git", "init", "-q")
     _run(repo, "git", "config", "user.email", "ci@example.invalid")
     _run(repo, "git", "config", "user.name", "ci")
     _dvc(repo, "init", "-q")
     _dvc(repo, "config", "core.analytics", "false")
+    _dvc(repo, "config", "hydra.enabled", "true")
     return repo
 
 
@@ -191,3 +204,25 @@ def test_sigkill_then_rerun_resumes_and_is_byte_identical(repo: Path) -> None:
     assert resumed.stderr.count("(resumed)") >= len(units)
     assert out.read_bytes() == reference
     assert not list(work.glob("digits_std-tmifpe-5-*"))  # checkpoints removed once complete
+
+
+def test_exp_run_set_param_runs_only_the_new_cells(repo: Path) -> None:
+    """`dvc exp run -S` (Hydra composition of params.yaml) adds budget 2: only its cells and the
+    summaries run, and `dvc params diff` shows the suite change once."""
+    _dvc(repo, "repro")
+    (repo / ".gitignore").write_text("/.tmifpe-work/\n")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-q", "-m", "tiny grid")
+    before = (repo / "params.yaml").read_text()
+    try:
+        proc = _dvc(repo, "exp", "run", "-S", "suite.budgets=[5,2]")
+        diff = json.loads(_dvc(repo, "params", "diff", "--json").stdout)["params.yaml"]
+        frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b2.parquet")
+    finally:
+        (repo / "params.yaml").write_text(before)
+        _run(repo, "git", "checkout", "--", "dvc.lock")
+    assert _ran(proc) == {"attack@digits_std-ce-2", "attack@digits_std-tmifpe-2",
+                          "aggregate", "report"}
+    assert [k for k in diff if k.startswith("suite.")] == ["suite.budgets"]
+    assert {k.split(".")[1] for k in diff if k.startswith("grid.")} == {"cells", "precisions"}
+    assert set(frame["precision"]) == {"bf16", "fp32"}  # bf16 is capped at 5 >= 2

@@ -14,9 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from synthetic_results import demo_results
 
 from tmifpe.aggregate import aggregate, write_aggregates
-from tmifpe.aggregate.synthetic import demo_results
 from tmifpe.report import html_report
 from tmifpe.report.plots import all_figures, write_figures
 

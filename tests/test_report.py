@@ -10,19 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
-
-from tmifpe.aggregate import aggregate
-from tmifpe.aggregate.synthetic import (
+from synthetic_results import (
     aa_frame,
     cell_frame,
     demo_results,
     write_autoattack,
     write_cell,
 )
+
+from tmifpe.aggregate import aggregate
 from tmifpe.report import html_report, latex_tables, render_html, render_latex
 from tmifpe.report.latex import Tex, cell_tex, tex_escape
-from tmifpe.report.views import Cell, mark_best
+from tmifpe.report.views import Cell, dtype_only_grid, mark_best
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_HTML = ROOT / "scripts" / "check_html_render.py"
@@ -220,3 +221,21 @@ def test_check_script_catches_console_errors_and_network(tmp_path):
                           capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 1
     assert "boom" in proc.stdout and "example.invalid" in proc.stdout
+
+
+def test_dtype_only_hits_are_shown_per_precision(demo_tables):
+    """The precision section shows the points with dtype-only hits per attack precision as a
+    grid of its own (and counts in the precision table), not folded into robust accuracy."""
+    grid = dtype_only_grid(demo_tables)
+    assert grid.columns == ("fp16", "bf16", "fp32", "fp64") and grid.blocks
+    col = {p: i for i, p in enumerate(grid.columns)}
+    cells = [r.cells for b in grid.blocks for r in b.rows]
+    low = [c[col[p]].value for c in cells for p in ("fp16", "bf16")]
+    assert any(v for v in low if v is not None)
+    assert all(c[col["fp32"]].value in (0.0, None) for c in cells)
+    pe = demo_tables["precision_effect"]
+    expected = pe.filter(pl.col("precision") == "fp16")["n_dtype_only_examples"].sum()
+    assert expected > 0
+    html = html_report(demo_tables, title="t", meta=META)
+    assert "Dtype-only hits by attack precision" in html and "Dtype-only hits" in html
+    assert "fresh fp32 pass did not" in latex_tables(demo_tables)  # the caption, in LaTeX too

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from suite_support import write_params
 
 from tmifpe import workers as W
 
@@ -103,7 +103,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / name, repo / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump({"active": GRID}, sort_keys=False))
+    write_params(repo / "params.yaml", GRID)
     _run(repo, "git", "init", "-q")
     _run(repo, "git", "config", "user.email", "ci@example.invalid")
     _run(repo, "git", "config", "user.name", "ci")

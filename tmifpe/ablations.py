@@ -10,10 +10,12 @@ its verdict re-verified by :func:`tmifpe.verify.verify` (fresh fp32 pass, inside
 (c) the engine: CE and T-MIFPE inside :func:`~tmifpe.attacks.pgd.run_pgd` (the suite's PGD) and
     inside :func:`~tmifpe.attacks.apgd.run_apgd` (APGD; T-MIFPE judged by its margin, see there).
 
-With freeze-on-success only the t* of *unsuccessful* examples ever reaches a gradient (phase (ii)
-rows and, since targeted runs also freeze on any misclassification, phase (iv) rows are frozen).
-So forcing "unsuccessful" must reproduce "auto" exactly: a built-in check of the bookkeeping.
-Forcing "successful" is the wrong phase for every attacked example.
+With freeze-on-success only the t* of *unsuccessful* examples ever reaches a gradient at fp32
+(phase (ii) rows and, since targeted runs also freeze on any misclassification, phase (iv) rows
+are frozen; at fp16/bf16 a dtype-only hit is attacked on in phase (ii)/(iv), see
+``tmifpe.attacks.runs.confirmed_hits``). So at fp32 forcing "unsuccessful" must reproduce "auto"
+exactly: a built-in check of the bookkeeping. Forcing "successful" is the wrong phase for every
+attacked example.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LossFn, get_loss
-from tmifpe.losses.scaling import check_labels, top2_gap
+from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
 from tmifpe.precision import Precision, PrecisionModel
@@ -150,8 +152,7 @@ def forced_phase_loss(mode: str, rule: str = "coef") -> LossFn:
     def loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
         t = forced_tstar(logits, labels, targets=targets, mode=mode, rule=rule,
                          dtype=logits.dtype)
-        scale = (t.to(logits.dtype) / top2_gap(logits)).detach()  # (N,)
-        scaled = logits * scale[:, None]
+        scaled = scale_logits(logits, t)  # (z − max z)·t/Δ, as tmifpe_loss
         if targets is None:
             return F.cross_entropy(scaled, labels, reduction="none")
         return -F.cross_entropy(scaled, targets, reduction="none")
@@ -215,7 +216,7 @@ def run_ablations(
     ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
     rows, timings = [], []
     for prec in precisions:
-        attack_model = PrecisionModel(net, prec)
+        attack_model = PrecisionModel(net, prec, reference=ref32)  # ref32 confirms successes
         if prec not in suite.precisions:
             raise ValueError(f"precision {prec.value} is not in the precisions of suite "
                              f"{suite.name!r}")

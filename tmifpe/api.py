@@ -42,8 +42,9 @@ class EvalResult:
     """Per-example outcome of :func:`evaluate` ((N,) CPU tensors unless noted) and its settings.
 
     ``robust`` is the headline verdict: clean-correct and not (``valid`` and misclassified by a
-    fresh fp32 forward pass of ``x_adv``). ``attack_success`` is the attack's own verdict in its
-    dtype; ``false_success`` marks successes the fp32 re-check rejected.
+    fresh fp32 forward pass of ``x_adv``). ``attack_success`` is the engine's confirmed success
+    (attack dtype and fp32 agree); ``dtype_only_hits`` counts iterates only the attack dtype
+    called misclassified (docs/results-schema.md).
     """
 
     x_adv: Tensor  # (N, ...) float32
@@ -62,6 +63,7 @@ class EvalResult:
     n_backward: Tensor  # int64
     zero_grad_steps: Tensor  # int64
     nonfinite_steps: Tensor  # int64
+    dtype_only_hits: Tensor  # int64: iterates misclassified in the attack dtype only
     loss: str
     eps: float
     budget: int
@@ -112,6 +114,7 @@ class EvalResult:
             "n_forward": self.n_forward.numpy(), "n_backward": self.n_backward.numpy(),
             "zero_grad_steps": self.zero_grad_steps.numpy(),
             "nonfinite_steps": self.nonfinite_steps.numpy(),
+            "dtype_only_hits": self.dtype_only_hits.numpy(),
         })
 
 
@@ -153,7 +156,8 @@ def evaluate(
     model = model.to(dev).eval()
     ref32 = PrecisionModel(model, Precision.FP32)
     ref64 = PrecisionModel(model, Precision.FP64)
-    attacked = ref32 if prec is Precision.FP32 else PrecisionModel(model, prec)
+    # the attacked copy; its successes are confirmed by the shared fp32 reference
+    attacked = ref32 if prec is Precision.FP32 else PrecisionModel(model, prec, reference=ref32)
     loss_fn = get_loss(loss_name, tstar_rule=tstar_rule)
     targeted = targets > 0
     parts: list[dict[str, Tensor]] = []
@@ -188,6 +192,7 @@ def evaluate(
             "success_target": res.success_target.cpu(), "n_forward": res.n_forward.cpu(),
             "n_backward": res.n_backward.cpu(), "zero_grad_steps": res.zero_grad_steps.cpu(),
             "nonfinite_steps": res.nonfinite_steps.cpu(),
+            "dtype_only_hits": res.dtype_only_hits.cpu(),
         })
         if progress is not None:
             progress(min(start + batch_size, x.shape[0]), x.shape[0])

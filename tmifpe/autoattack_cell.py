@@ -12,6 +12,7 @@ from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
 from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
+from tmifpe.model_stage import model_files
 from tmifpe.models.zoo import load_model
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.progress import Progress
@@ -19,6 +20,33 @@ from tmifpe.runtime import resolve_device
 from tmifpe.verify import verify
 
 WORK_ROOT = Path(".tmifpe-work/autoattack")
+# The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
+SOURCE_FILES = ("tmifpe/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
+                "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",
+                "tmifpe/models/zoo.py")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
+               model_paths: list[Path], root: Path = Path(".")) -> str:
+    """Hash of every input of the AutoAttack run: settings, model files (so a retrained or
+    replaced checkpoint never resumes an old state), data file, code and library version."""
+    from importlib.metadata import version
+
+    _, ds = suite.dataset_of(model_key)
+    doc = {"model": [model_key, suite.model_zoo[model_key].model_dump(mode="json")],
+           "dataset": ds.model_dump(mode="json"), "autoattack": suite.autoattack.model_dump(),
+           "inputs": [_sha256(p) for p in [data_path, *model_paths]],
+           "code": {f: _sha256(root / f) for f in SOURCE_FILES if (root / f).exists()},
+           "pyautoattack": version("pyautoattack")}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_autoattack_cell(
@@ -33,11 +61,12 @@ def run_autoattack_cell(
     model = load_model(suite, model_key).to(device)
     aa = suite.autoattack
     cfg = AAConfig(eps=ds.eps, seed=aa.seed, batch_size=aa.batch_size, device=str(device))
-    key = hashlib.sha256(json.dumps([model_key, ds.model_dump(mode="json"), aa.model_dump(),
-                                     suite.model_zoo[model_key].model_dump(mode="json")],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = resume_key(suite, model_key, data_path, model_files(model_key))
     work_root.mkdir(parents=True, exist_ok=True)
     state = work_root / f"{model_key}-{key}.pt"
+    for stale in work_root.glob(f"{model_key}-*.pt"):  # states of changed inputs are useless
+        if stale != state:
+            stale.unlink(missing_ok=True)
     progress: Progress | None = None
 
     def on_batch(attack: str, batch: int, n_batches: int) -> None:

@@ -162,7 +162,8 @@ def _run_unit(
                     n_targets=0 if targets is None else targets.shape[1], seed=ap.seed)
     gen = torch.Generator().manual_seed(batch_seed(ap.seed, targeted, start // ap.batch_size))
     t0 = time.perf_counter()
-    res = run_pgd(PrecisionModel(model, prec), x, y, get_loss(spec.loss, tstar_rule=ap.tstar_rule),
+    attack_model = PrecisionModel(model, prec, reference=ref32)  # ref32 confirms successes
+    res = run_pgd(attack_model, x, y, get_loss(spec.loss, tstar_rule=ap.tstar_rule),
                   cfg, attack_mask=clean_correct, targets=targets, generator=gen)
     wall = time.perf_counter() - t0
     v = verify(ref32, ref64, x, res.x_adv.to(device), y, ds.eps)
@@ -174,6 +175,7 @@ def _run_unit(
         "first_success_iter": res.first_success_iter, "success_target": res.success_target,
         "n_forward": res.n_forward, "n_backward": res.n_backward,
         "zero_grad_steps": res.zero_grad_steps, "nonfinite_steps": res.nonfinite_steps,
+        "dtype_only_hits": res.dtype_only_hits,
         "n_targets": torch.tensor(cfg.n_targets), "n_attacked": clean_correct.sum(),
         "wall_time_s": torch.tensor(wall, dtype=torch.float64),
     }
@@ -215,4 +217,5 @@ def _unit_frame(
         "n_forward": u["n_forward"].numpy(), "n_backward": u["n_backward"].numpy(),
         "zero_grad_steps": u["zero_grad_steps"].numpy(),
         "nonfinite_steps": u["nonfinite_steps"].numpy(),
+        "dtype_only_hits": u["dtype_only_hits"].numpy(),
     })

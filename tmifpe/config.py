@@ -1,9 +1,11 @@
 """``params.yaml`` -> frozen, validated configuration, checked before any work starts.
 
-The file holds both suites under ``suites:`` and selects one with a YAML alias on the line
-``active: *default`` (or ``*paper``). DVC reads the resolved ``active`` section, so the stages of
-``dvc.yaml`` never change when the suite does. Every problem is reported at once, one line each,
-naming the key, the bad value and what is allowed.
+params.yaml is composed by DVC's Hydra integration from ``conf/`` (``dvc exp run``): the chosen
+suite (``conf/suite/<name>.yaml``) under ``suite:`` and the ``grid`` derived from it
+(tmifpe/suite_grid.py), which the stages of dvc.yaml iterate over and depend on item by item.
+``dvc repro`` reads the committed params.yaml as is. Every setting that changes results is
+required here (no silent defaults DVC could not see). Every problem is reported at once, one
+line each, naming the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pydantic import (
 )
 
 from tmifpe.attacks.schedule import Schedule
+from tmifpe.fast_config import FastParams
 from tmifpe.losses import LossName
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.precision import Precision
+from tmifpe.suite_grid import derive_grid, precision_plan
 
 GridKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # `-` would break DVC matrix names
 
@@ -37,46 +41,61 @@ class DatasetParams(_Frozen):
     source: Literal["digits", "mnist", "cifar10", "cifar100"]
     n_examples: int = Field(gt=0, le=10000)
     eps: float = Field(gt=0.0, le=1.0)
-    test_size: float = Field(default=0.25, gt=0.0, lt=1.0)  # digits only
-    split_seed: int = 0  # digits only
+    test_size: float | None = Field(default=None, gt=0.0, lt=1.0)  # digits only (required)
+    split_seed: int | None = None  # digits only (required)
     # file name -> MD5 to require instead of the published one (a re-packed or staged copy)
     md5: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _digits_split(self) -> DatasetParams:
+        if self.source == "digits" and (self.test_size is None or self.split_seed is None):
+            raise ValueError("a digits dataset needs `test_size` and `split_seed` (its split)")
+        return self
 
 
 class ModelParams(_Frozen):
     source: Literal["trained", "robustbench", "pyautoattack_resnet18"]
     dataset: GridKey
     id: str | None = None  # RobustBench model ID
-    arch: Literal["small_cnn"] = "small_cnn"
-    epochs: int = Field(default=10, ge=1)
-    lr: float = Field(default=1e-3, gt=0.0)
-    batch_size: int = Field(default=64, ge=1)
-    adv_eps: float = Field(default=0.0, ge=0.0, le=1.0)
-    adv_steps: int = Field(default=7, ge=1)
-    seed: int = 0
+    # training recipe: required for `trained` models, unused (null) otherwise
+    arch: Literal["small_cnn"] | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0.0)
+    batch_size: int | None = Field(default=None, ge=1)
+    adv_eps: float | None = Field(default=None, ge=0.0, le=1.0)
+    adv_steps: int | None = Field(default=None, ge=1)
+    seed: int | None = None
 
     @model_validator(mode="after")
-    def _id_for_robustbench(self) -> ModelParams:
+    def _complete(self) -> ModelParams:
         if self.source == "robustbench" and not self.id:
             raise ValueError("a robustbench model needs `id` (its RobustBench model name)")
+        if self.source == "trained":
+            missing = [k for k in TRAINING_KEYS if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a trained model needs {', '.join(missing)} "
+                                 f"(expected all of {', '.join(TRAINING_KEYS)})")
         return self
+
+
+TRAINING_KEYS = ("arch", "epochs", "lr", "batch_size", "adv_eps", "adv_steps", "seed")
 
 
 class PrecisionParams(_Frozen):
     # Budgets above this are not run at this dtype (None: all). A cap rather than a list, so that
     # adding a budget to the grid leaves the params of the existing cells unchanged.
-    max_budget: int | None = Field(default=None, ge=1)
-    n_targets: int = Field(default=9, ge=0, le=99)  # 0: no targeted attack at this dtype
-    n_examples: int | None = Field(default=None, gt=0)  # first n of the dataset's points
+    max_budget: int | None = Field(ge=1)
+    n_targets: int = Field(ge=0, le=99)  # 0: no targeted attack at this dtype
+    n_examples: int | None = Field(gt=0)  # first n of the dataset's points (None: all)
 
 
 class AttackParams(_Frozen):
-    schedule: Schedule = Schedule.COSINE
-    momentum: float = Field(default=0.75, ge=0.0, le=1.0)
-    restarts: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=500, ge=1)
-    tstar_rule: str = "coef"
-    seed: int = 0
+    schedule: Schedule
+    momentum: float = Field(ge=0.0, le=1.0)
+    restarts: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    tstar_rule: str
+    seed: int
 
     @field_validator("tstar_rule")
     @classmethod
@@ -87,15 +106,15 @@ class AttackParams(_Frozen):
 
 
 class AutoAttackParams(_Frozen):
-    seed: int = 0
-    batch_size: int = Field(default=500, ge=1)
+    seed: int
+    batch_size: int = Field(ge=1)
 
 
 class AblationParams(_Frozen):
     """The ablations stage (phase detection, t* rules, PGD vs APGD): its budgets and precisions."""
 
-    budgets: list[int] = Field(default=[20, 50], min_length=1)
-    precisions: list[Precision] = Field(default=[Precision.FP32], min_length=1)
+    budgets: list[int] = Field(min_length=1)
+    precisions: list[Precision] = Field(min_length=1)
 
     @field_validator("budgets")
     @classmethod
@@ -107,19 +126,20 @@ class AblationParams(_Frozen):
 
 class SuiteParams(_Frozen):
     name: GridKey
-    device: str = "cpu"
-    threads: int = Field(default=2, ge=1)
-    data_dir: str = "data/raw"
-    model_dir: str = "models/robustbench"
+    device: str
+    threads: int = Field(ge=1)
+    hash_seed: int = Field(ge=0, le=4294967295)  # PYTHONHASHSEED of the stage processes
+    data_dir: str  # raw downloads, checked by MD5
     datasets: dict[GridKey, DatasetParams] = Field(min_length=1)
     model_zoo: dict[GridKey, ModelParams] = Field(min_length=1)
     models: list[GridKey] = Field(min_length=1)
     losses: list[LossName] = Field(min_length=1)
     budgets: list[int] = Field(min_length=1)
     precisions: dict[Precision, PrecisionParams] = Field(min_length=1)
-    attack: AttackParams = AttackParams()
-    autoattack: AutoAttackParams = AutoAttackParams()
-    ablations: AblationParams = AblationParams()
+    attack: AttackParams
+    autoattack: AutoAttackParams
+    ablations: AblationParams
+    fast: FastParams  # the fast preset (tmifpe/fast_config.py)
 
     @field_validator("device")
     @classmethod
@@ -134,10 +154,9 @@ class SuiteParams(_Frozen):
         return key, self.datasets[key]
 
     def precisions_for_budget(self, budget: int) -> list[Precision]:
-        order = list(Precision)
-        return sorted((p for p, pp in self.precisions.items()
-                       if pp.max_budget is None or budget <= pp.max_budget),
-                      key=order.index)
+        """Precisions run at ``budget`` (caps applied), in canonical order (= grid.precisions)."""
+        raw = {p.value: pp.model_dump(mode="json") for p, pp in self.precisions.items()}
+        return [Precision(p) for p in precision_plan(raw, budget)]
 
 
 def _cross_checks(raw: dict[str, Any]) -> list[str]:
@@ -189,7 +208,7 @@ def _format_errors(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         parts = [str(p) for p in e["loc"] if p != "[key]"]  # pydantic marks bad dict keys
-        loc = ".".join(["active", *parts])
+        loc = ".".join(["suite", *parts])
         msg = e["msg"].removeprefix("Value error, ")
         bad = e.get("input")
         shown = "" if isinstance(bad, dict) else f" got {bad!r}:"
@@ -198,10 +217,11 @@ def _format_errors(err: ValidationError) -> list[str]:
 
 
 def parse_suite(raw: Any) -> SuiteParams:
-    """Validate the resolved ``active`` section; raises ParamsError listing all problems."""
+    """Validate a suite mapping; raises ParamsError listing all problems."""
     if not isinstance(raw, dict):
-        raise ParamsError("params.yaml: `active` must be a mapping (e.g. `active: *default`)")
-    problems = [f"params.yaml: active.{p}" for p in _cross_checks(raw)]
+        raise ParamsError(f"params.yaml: suite: got {type(raw).__name__}: expected a mapping "
+                          "(compose params.yaml with `dvc exp run -S suite=<name>`)")
+    problems = [f"params.yaml: suite.{p}" for p in _cross_checks(raw)]
     try:
         suite = SuiteParams.model_validate(raw)
     except ValidationError as err:
@@ -211,14 +231,42 @@ def parse_suite(raw: Any) -> SuiteParams:
     return suite
 
 
+def _grid_problems(got: Any, expected: dict[str, Any]) -> list[str]:
+    """One line per stale entry of the derived ``grid`` section."""
+    if not isinstance(got, dict):
+        return [f"params.yaml: grid: got {got!r}: expected the grid derived from `suite` "
+                "(params.yaml is composed from conf/ by `dvc exp run`)"]
+    problems = []
+    for part in sorted(set(got) | set(expected)):
+        have, want = got.get(part), expected.get(part)
+        if have == want:
+            continue
+        keys = sorted(set(have or {}) | set(want or {}), key=str) if isinstance(have, dict) \
+            and isinstance(want, dict) else [None]
+        for key in keys:
+            h = have if key is None else have.get(key)
+            w = want if key is None else want.get(key)
+            if h != w:
+                where = part if key is None else f"{part}.{key}"
+                problems.append(f"params.yaml: grid.{where}: got {h!r}, expected {w!r} (derived "
+                                "from `suite`; compose params.yaml with `dvc exp run`, "
+                                "do not edit it by hand)")
+    return problems
+
+
 def load_params(path: Path = Path("params.yaml")) -> SuiteParams:
-    """Read ``params.yaml`` and return the validated active suite."""
+    """Read ``params.yaml``: the validated suite, after checking its derived ``grid``."""
     if not path.exists():
         raise ParamsError(f"params file {path} not found (run from the project root)")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(doc, dict) or "active" not in doc:
-        raise ParamsError(f"{path}: missing top-level key `active` (e.g. `active: *default`)")
-    return parse_suite(doc["active"])
+    if not isinstance(doc, dict) or "suite" not in doc:
+        raise ParamsError(f"{path}: missing top-level key `suite` (compose params.yaml from "
+                          "conf/ with `dvc exp run`)")
+    suite = parse_suite(doc["suite"])
+    problems = _grid_problems(doc.get("grid"), derive_grid(doc["suite"]))
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return suite

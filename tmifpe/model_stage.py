@@ -1,13 +1,17 @@
-"""The model stage: train the pipeline's own models, or load and fingerprint external ones.
+"""The model stage: train the pipeline's own models, or stage and fingerprint external ones.
 
-Writes ``models/<key>/manifest.json`` (source, checkpoint sha256, clean accuracy, versions)
-and, for trained models, the state_dict ``models/<key>/model.pt``. Attack cells depend on that
-folder, so a changed checkpoint re-runs exactly the cells of that model.
+Every checkpoint goes into the stage's DVC output ``models/<key>/``: the state_dict
+``model.pt`` of a trained model or of the pyautoattack ResNet-18 (copied from the wheel), or a
+RobustBench checkpoint in robustbench's layout ``<dataset>/Linf/<id>.pt`` (downloaded once into
+the local cache ``<data_dir>/robustbench/`` and copied from there). Plus ``manifest.json``
+(source, checkpoint sha256, clean accuracy, versions). Attack cells depend on that folder, so a
+changed checkpoint re-runs exactly the cells of that model, and DVC caches and pushes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,9 @@ from tmifpe.train import TrainConfig, train_model
 
 
 def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
-    """Files that identify the model of ``key`` (manifest, and checkpoint when trained here)."""
-    return [p for p in (out_dir / key / "manifest.json", out_dir / key / "model.pt")
-            if p.exists()]
+    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
+    folder = out_dir / key
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
 def _sha256(path: Path) -> str:
@@ -58,7 +62,9 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
         manifest["train_loss"] = [round(v, 6) for v in history]
         manifest["checkpoint_sha256"] = _sha256(ckpt)
     else:
-        model = load_model(suite, key)
+        ckpt = _stage_checkpoint(suite, key, out_dir)
+        manifest["checkpoint_sha256"] = _sha256(ckpt)
+        model = load_model(suite, key)  # from the staged file, as every later stage does
         manifest["id"] = params.id
         manifest["parameters_sha256"] = _state_sha256(model)
     ref = PrecisionModel(model, Precision.FP32)
@@ -69,6 +75,30 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
         (pred == tensors["y_test"][: ds.n_examples]).double().mean().item(), 6)
     write_json(manifest, out_dir / key / "manifest.json")
     return manifest
+
+
+def _stage_checkpoint(suite: SuiteParams, key: str, out_dir: Path) -> Path:
+    """Copy the external checkpoint of ``key`` into ``out_dir/key`` (atomic); its path."""
+    params = suite.model_zoo[key]
+    _, ds = suite.dataset_of(key)
+    if params.source == "pyautoattack_resnet18":
+        from tmifpe.models.autoattack_resnet import CHECKPOINT
+
+        src, dst = CHECKPOINT, out_dir / key / "model.pt"
+    else:
+        from tmifpe.models.robustbench_zoo import checkpoint_path, load_robustbench
+
+        assert params.id is not None  # guaranteed by ModelParams validation
+        cache = Path(suite.data_dir) / "robustbench"
+        src = checkpoint_path(params.id, ds.source, cache)
+        if not src.is_file():
+            load_robustbench(params.id, ds.source, cache)  # downloads into the cache, checks it
+        dst = checkpoint_path(params.id, ds.source, out_dir / key)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    return dst
 
 
 def _state_sha256(model: torch.nn.Module) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from tmifpe.aggregate.compare_aa import attack_cost, autoattack_summary, vs_autoattack, with_aa_gap
+from tmifpe.aggregate.fast import FAST_KEYS, fast_table, load_fast
 from tmifpe.aggregate.inputs import load_autoattack, load_cells, load_timings, require_files
 from tmifpe.aggregate.iterations import robust_vs_iterations
 from tmifpe.aggregate.keys import MODEL_KEYS, RUN_KEYS
@@ -28,6 +29,7 @@ TABLE_KEYS: dict[str, list[str]] = {
     "precision_effect": RUN_KEYS,
     "nonfinite": RUN_KEYS,
     "robust_vs_iterations": [*RUN_KEYS, "iteration"],
+    "fast": FAST_KEYS,  # the fast preset vs AA per split (tmifpe/aggregate/fast.py)
 }
 
 
@@ -38,6 +40,7 @@ def aggregate(
     *,
     leaderboard: Mapping | None = None,
     model_ids: Mapping[str, tuple[str, str]] | None = None,
+    fast_files: Sequence[Path] = (),
 ) -> dict[str, pl.DataFrame]:
     """All aggregate tables (``TABLE_KEYS``) from exactly the listed files.
 
@@ -73,6 +76,7 @@ def aggregate(
         "precision_effect": precision_effect(cells),
         "nonfinite": nonfinite(cells, aa),
         "robust_vs_iterations": robust_vs_iterations(cells),
+        "fast": fast_table(*load_fast(fast_files), aa, aa_timing),  # fast_files: results/fast
     }
     return {name: sort_table(name, table) for name, table in tables.items()}
 

@@ -43,7 +43,7 @@ def autoattack_summary(aa: pl.DataFrame, aa_timing: pl.DataFrame) -> pl.DataFram
         .with_columns(proportion("n_clean_correct", "n", "clean_acc", ci=False))
         .with_columns(proportion("n_robust", "n", "robust_acc"))
         .with_columns(proportion("n_robust_fp64", "n", "robust_acc_fp64", ci=False))
-        .join(aa_timing, on=MODEL_KEYS, how="left")
+        .join(aa_timing, on=MODEL_KEYS, how="left", validate="m:1")
         .with_columns((pl.col("wall_time_s") / pl.col("n")).alias("wall_time_per_point_s"))
     )
     stage_cols = [e.meta.output_name() for e in stages]
@@ -65,7 +65,7 @@ def attack_cost(cells: pl.DataFrame, cell_timing: pl.DataFrame) -> pl.DataFrame:
             pl.col("n_backward").mean().alias("backward_per_point"),
             (pl.col("n_forward") + pl.col("n_backward")).mean().alias("cost_per_point"),
         )
-        .join(cell_timing, on=RUN_KEYS, how="left")
+        .join(cell_timing, on=RUN_KEYS, how="left", validate="m:1")  # one timing row per run
         .sort(RUN_KEYS)
     )
 
@@ -110,8 +110,8 @@ def vs_autoattack(
     )
     return (
         points.join(cost.select(*RUN_KEYS, "cost_per_point", "wall_time_per_point_s"),
-                    on=RUN_KEYS, how="left")
-        .join(aa_cost, on=MODEL_KEYS, how="left")
+                    on=RUN_KEYS, how="left", validate="m:1")
+        .join(aa_cost, on=MODEL_KEYS, how="left", validate="m:1")
         .with_columns(
             _ratio("cost_per_point", "aa_cost_per_point").alias("cost_ratio"),
             _ratio("wall_time_per_point_s", "aa_wall_time_per_point_s").alias("wall_time_ratio"),

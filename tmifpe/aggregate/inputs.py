@@ -17,7 +17,7 @@ _CELL_READ = [
     "suite", "dataset", "model", "loss", "targeted", "precision", "budget", "example",
     "clean_correct", "robust_fp32", "robust_fp64", "false_success", "fp32_fp64_disagree",
     "first_success_iter", "margin_fp32", "margin_fp64", "n_forward", "n_backward",
-    "zero_grad_steps", "nonfinite_steps",
+    "zero_grad_steps", "nonfinite_steps", "dtype_only_hits",
 ]
 _AA_READ = [
     "suite", "dataset", "model", "example", "clean_correct", "broken_by", "robust_fp32",
@@ -94,10 +94,11 @@ def load_timings(
     """(cell timing, AutoAttack timing) frames from the listed timing files.
 
     ``X.timing.json`` belongs to the listed result file ``X.parquet``: a list of records for an
-    attack cell, a mapping ``{attack: wall_time_s}`` for AutoAttack. The identity (model, loss,
-    budget) is read from that result file's rows, not from folder names. Cell rows carry
-    ``wall_time_per_point_s`` (``wall_time_s / n_examples``); AutoAttack rows the total
-    ``wall_time_s`` (the ``total`` key, else the sum over attacks).
+    attack cell (one per precision, targeting and batch), a mapping ``{attack: wall_time_s}``
+    for AutoAttack. The identity (model, loss, budget) is read from that result file's rows,
+    not from folder names. Cell rows are one per run (precision, targeting) with
+    ``wall_time_per_point_s`` = Σ wall_time_s / Σ n_examples over its batches; AutoAttack rows
+    the total ``wall_time_s`` (the ``total`` key, else the sum over attacks).
     """
     cells = {_resolved(p): Path(p) for p in cell_paths}
     attacks = {_resolved(p): Path(p) for p in aa_paths}
@@ -117,23 +118,38 @@ def load_timings(
             aa_rows.append({**ident, "wall_time_s": _aa_total(path, data)})
         else:
             raise ValueError(f"timing file {path} has no matching listed result file {key}")
+    run = ["suite", "dataset", "model", "loss", "budget", "precision", "targeted"]
     cell_schema = {"suite": pl.String, "dataset": pl.String, "model": pl.String,
                    "loss": pl.String, "budget": pl.Int32, "precision": pl.String,
-                   "targeted": pl.Boolean, "wall_time_per_point_s": pl.Float64}
+                   "targeted": pl.Boolean, "start": pl.Int64, "n_examples": pl.Int64,
+                   "wall_time_s": pl.Float64}
     aa_schema = {"suite": pl.String, "dataset": pl.String, "model": pl.String,
                  "wall_time_s": pl.Float64}
-    return (pl.DataFrame(cell_rows, schema=cell_schema, orient="row"),
-            pl.DataFrame(aa_rows, schema=aa_schema, orient="row"))
+    batches = pl.DataFrame(cell_rows, schema=cell_schema, orient="row")
+    dup = batches.filter(pl.struct([*run, "start"]).is_duplicated())
+    if dup.height:
+        raise ValueError(f"cell timing: batch listed twice: {dup.row(0, named=True)}")
+    cell_timing = (
+        batches.group_by(run, maintain_order=True)
+        .agg(pl.col("wall_time_s").sum(), pl.col("n_examples").sum())
+        .select(*run, (pl.col("wall_time_s") / pl.col("n_examples"))
+                .alias("wall_time_per_point_s"))
+    )
+    return cell_timing, pl.DataFrame(aa_rows, schema=aa_schema, orient="row")
 
 
 def _cell_records(path: Path, records: list, ident: dict) -> list[dict]:
+    """One row per batch record (start defaults to 0 for single-batch files)."""
     rows = []
     for rec in records:
         try:
-            per_point = float(rec["wall_time_s"]) / int(rec["n_examples"])
+            n = int(rec["n_examples"])
+            if n <= 0:
+                raise ValueError("n_examples must be positive")
             rows.append({**ident, "precision": str(rec["precision"]),
-                         "targeted": bool(rec["targeted"]), "wall_time_per_point_s": per_point})
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+                         "targeted": bool(rec["targeted"]), "start": int(rec.get("start", 0)),
+                         "n_examples": n, "wall_time_s": float(rec["wall_time_s"])})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"cell timing file {path}: bad record {rec!r} ({err!r})") from err
     return rows
 

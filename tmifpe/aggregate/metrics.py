@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from tmifpe.aggregate.fast import fast_metrics
 from tmifpe.aggregate.keys import attack_label
 
 DIGITS = 4
@@ -29,6 +30,8 @@ def metrics_json(tables: dict[str, pl.DataFrame]) -> dict:
         _model(out, row)["clean_acc"] = _round(row["clean_acc"])
     for row in tables["autoattack"].sort("suite", "model").iter_rows(named=True):
         _model(out, row)["autoattack_acc"] = _round(row["robust_acc"])
+    for (suite, model), fast in fast_metrics(tables.get("fast", pl.DataFrame())).items():
+        out.setdefault(suite, {}).setdefault(model, {})["fast"] = fast  # held-out points
     return _sorted(out)
 
 

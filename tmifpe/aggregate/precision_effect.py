@@ -16,15 +16,21 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
     and the precision symptoms.
 
     Columns: RUN_KEYS, n, robust_acc, fp64_robust_acc (null if no fp64 run), delta_vs_fp64_pp
-    (100 × (robust_acc − fp64_robust_acc)), n_false_success (successes rejected by fp32
-    verification), n_fp32_fp64_disagree, zero_grad_steps, backward_passes, zero_grad_fraction
-    (zero_grad_steps / backward_passes, null if no backward pass), nonfinite_steps.
+    (100 × (robust_acc − fp64_robust_acc)), n_dtype_only_examples (examples with at least one
+    iterate misclassified in the attack dtype but not by the fp32 check: a measured precision
+    effect of its own, not in robust_acc, since the attack went on from them), dtype_only_hits
+    (such iterates in all), n_false_success (confirmed successes the final fp32 verification
+    rejected; 0 unless the confirmation and the verification disagree), n_fp32_fp64_disagree,
+    zero_grad_steps, backward_passes, zero_grad_fraction (zero_grad_steps / backward_passes,
+    null if no backward pass), nonfinite_steps.
     """
     per_run = (
         cells.group_by(RUN_KEYS)
         .agg(
             pl.len().cast(pl.Int64).alias("n"),
             count(robust(), "n_robust"),
+            count(pl.col("dtype_only_hits") > 0, "n_dtype_only_examples"),
+            pl.col("dtype_only_hits").sum().cast(pl.Int64),
             count(pl.col("false_success"), "n_false_success"),
             count(pl.col("fp32_fp64_disagree"), "n_fp32_fp64_disagree"),
             pl.col("zero_grad_steps").sum().cast(pl.Int64),
@@ -47,7 +53,8 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
         )
         .select(
             *RUN_KEYS, "n", "robust_acc", "fp64_robust_acc", "delta_vs_fp64_pp",
-            "n_false_success", "n_fp32_fp64_disagree", "zero_grad_steps", "backward_passes",
+            "n_dtype_only_examples", "dtype_only_hits", "n_false_success",
+            "n_fp32_fp64_disagree", "zero_grad_steps", "backward_passes",
             "zero_grad_fraction", "nonfinite_steps",
         )
         .sort(RUN_KEYS)

@@ -34,6 +34,7 @@ CELL_SCHEMA: dict[str, pl.DataType] = {
     "n_backward": pl.Int64(),
     "zero_grad_steps": pl.Int64(),
     "nonfinite_steps": pl.Int64(),
+    "dtype_only_hits": pl.Int64(),
 }
 CELL_ROW_KEYS = ["suite", "dataset", "model", "loss", "targeted", "precision", "budget", "example"]
 

@@ -8,7 +8,8 @@ first step):
     x^{k+1} = P(x^k + α·(z^{k+1} − x^k) + (1 − α)·(x^k − x^{k−1}))
 
 with P the projection onto eps-ball ∩ [0,1]. Checkpoints w_j = ⌈p_j·N⌉ with p_0 = 0, p_1 = 0.22,
-p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) (:func:`checkpoints`). At w_j the step of an example
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) (:func:`paper_checkpoints`; the engine runs
+AutoAttack's integer version, :func:`checkpoints`, see below). At w_j the step of an example
 is halved when
 
     (a) #{i ∈ [w_{j−1}, w_j) : f(x^{i+1}) > f(x^i)} < ρ·(w_j − w_{j−1}),  ρ = 0.75, or
@@ -26,17 +27,28 @@ Choices made here [derived here], where the paper leaves room or this project di
   judges by the C&W margin of the same forward pass, max_{j≠y} z_j − z_y (untargeted) or
   z_t − max_{j≠t} z_j (targeted): raw logits, no exponentials, so it is comparable across
   iterates, does not saturate in low precision (CE's value rounds to 0 once the gap exceeds
-  −ln u, e.g. 5.5 in bf16), and is > 0 exactly at success. It costs no extra pass.
+  −ln u, e.g. 5.5 in bf16), and is > 0 exactly at success. It costs no extra pass. The default
+  (``progress=None``) is :func:`default_progress`: the margin for MIFPE/T-MIFPE, the loss for
+  CE, C&W, DLR and any other loss.
 * **Freeze on success** like :func:`tmifpe.attacks.pgd.run_pgd`: an example leaves the run at the
-  first iterate that is misclassified in the attack dtype (targeted runs too, as in run_pgd).
+  first iterate that is a confirmed success (:func:`tmifpe.attacks.runs.confirmed_hits`: the
+  attack dtype and a fresh fp32 pass both misclassify it); a dtype-only hit is counted and the
+  run goes on (targeted runs too, as in run_pgd).
+* **Non-finite steps.** A step whose loss or gradient is NaN/Inf is skipped: the iterate, its
+  momentum and its stored gradient stay, and it counts as no progress (f = −∞, so it is never
+  x_max and never an increase).
 * **Random start** [APGD code]: x0 + eps·u/‖u‖∞, u ~ U[−1,1]^d, drawn on the CPU generator,
   then projected; this is APGD's start, not the eps-ball-vertex start of run_pgd.
 * **After a restart from x_max** the momentum term is reset (x^{k−1} := x_max) and the next
   increase is judged against f(x_max); the reference code instead keeps x^{k−1} of the abandoned
-  iterate. (b) may fire at the first checkpoint (the paper's condition; the code skips it).
-* **Checkpoints** are computed exactly (p_j in hundredths, integer ceil). The reference code uses
-  ⌊0.22·N⌋ and integer interval decrements, which agree for N = 100 (22, 41, …, 99) but not
-  for small N (N = 20: formula 5, 9, 12, 14, 16, 18, 19, 20; code 4, 7, 9, 10, …).
+  iterate. (b) may fire at the first checkpoint (the paper's condition; the code skips it), and
+  (a) is the paper's strict "<" (the code halves also when the count equals ρ·interval).
+* **Checkpoints** follow AutoAttack's code (pyautoattack ``APGDAttack.attack_single_run``), not
+  the paper's ⌈p_j·N⌉: first interval ⌊0.22·N⌋, then each interval shrinks by ⌊0.03·N⌋ down to
+  ⌊0.06·N⌋ (each at least 1). Both agree for N = 100 (22, 41, 57, 70, 80, 87, 93, 99), and
+  this engine is compared against AutoAttack at the suite's budgets (20: code 4, 7, 9, 10, 11,
+  …, 20; paper formula 5, 9, 12, 14, 16, 18, 19, 20), so the code's schedule is the one run
+  (:func:`checkpoints`; the paper's is :func:`paper_checkpoints`).
 * **Budget.** N iterations = N + 1 forward passes and N backward passes per example (the last
   iterate is only checked), as in run_pgd. Robust examples return x_max of their last run (the
   highest-progress iterate, including the last one); successful ones the successful iterate.
@@ -44,6 +56,7 @@ Choices made here [derived here], where the paper leaves room or this project di
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -56,9 +69,12 @@ from tmifpe.attacks.runs import (
     RunState,
     check_class_range,
     check_inputs,
+    confirmed_hits,
     run_restarts_and_targets,
 )
 from tmifpe.losses import LossFn
+from tmifpe.losses.mifpe import mifpe_loss
+from tmifpe.losses.tmifpe import tmifpe_loss
 from tmifpe.precision import PrecisionModel
 
 P1_HUNDREDTHS = 22  # p_1 = 0.22
@@ -83,7 +99,7 @@ class APGDConfig:
     restarts: int = 1
     targeted: bool = False
     n_targets: int = 9
-    progress: Progress = Progress.LOSS
+    progress: Progress | None = None  # None: default_progress(loss) when run
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +117,7 @@ class APGDConfig:
             raise ValueError(f"initial_step must be > 0, got {self.initial_step}")
         if self.targeted and self.n_targets < 1:
             raise ValueError(f"n_targets must be >= 1 for a targeted attack, got {self.n_targets}")
-        if not isinstance(self.progress, Progress):
+        if self.progress is not None and not isinstance(self.progress, Progress):
             object.__setattr__(self, "progress", _parse_progress(self.progress))
 
 
@@ -123,13 +139,39 @@ def checkpoint_fractions() -> tuple[int, ...]:
     return tuple(out)
 
 
-def checkpoints(steps: int) -> tuple[int, ...]:
-    """[APGD paper] Iterations w_j = ⌈p_j·N⌉ (distinct, ≥ 1) at which the step may be halved;
-    exact integer arithmetic. N = 100 → (22, 41, 57, 70, 80, 87, 93, 99)."""
+def paper_checkpoints(steps: int) -> tuple[int, ...]:
+    """[APGD paper] Iterations w_j = ⌈p_j·N⌉ (distinct, ≥ 1); exact integer arithmetic.
+    N = 100 → (22, 41, 57, 70, 80, 87, 93, 99); N = 20 → (5, 9, 12, 14, 16, 18, 19, 20)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     ws = (-(-p * steps // 100) for p in checkpoint_fractions())  # ceil(p·N/100)
     return tuple(sorted({w for w in ws if w >= 1}))
+
+
+def checkpoints(steps: int) -> tuple[int, ...]:
+    """[AutoAttack code] Iterations at which the step may be halved, as pyautoattack computes
+    them: first interval k = max(⌊0.22·N⌋, 1), then k ← max(k − max(⌊0.03·N⌋, 1),
+    max(⌊0.06·N⌋, 1)), up to N. N = 100 → (22, 41, 57, 70, 80, 87, 93, 99);
+    N = 20 → (4, 7, 9, 10, 11, …, 20). Integer arithmetic on hundredths (⌊p·N⌋ exactly)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    k = max(P1_HUNDREDTHS * steps // 100, 1)
+    decrement = max(DECREMENT_HUNDREDTHS * steps // 100, 1)
+    minimum = max(MIN_INTERVAL_HUNDREDTHS * steps // 100, 1)
+    out, w = [], k
+    while w <= steps:
+        out.append(w)
+        k = max(k - decrement, minimum)
+        w += k
+    return tuple(out)
+
+
+def default_progress(loss_fn: LossFn) -> Progress:
+    """``Progress.MARGIN`` for the scaled losses MIFPE and T-MIFPE (their scale changes per
+    iterate, see the module docstring), ``Progress.LOSS`` for every other loss (CE, C&W, DLR:
+    AutoAttack's choice)."""
+    fn = getattr(loss_fn, "func", loss_fn)  # get_loss("tmifpe") is a functools.partial
+    return Progress.MARGIN if fn in (mifpe_loss, tmifpe_loss) else Progress.LOSS
 
 
 def run_apgd(
@@ -155,6 +197,8 @@ def run_apgd(
         raise ValueError(f"attack_mask must be bool of shape ({x.shape[0]},), got "
                          f"{attack_mask.dtype} {tuple(attack_mask.shape)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
+    if config.progress is None:
+        config = dataclasses.replace(config, progress=default_progress(loss_fn))
 
     def single_run(x0: Tensor, y0: Tensor, tgt: Tensor | None, state: RunState,
                    idx: Tensor) -> None:
@@ -215,7 +259,8 @@ def _single_run(
             check_class_range(logits.shape[1], y, tgt)
         rows = idx[live.cpu()]
         acc.fwd[rows] += 1
-        hit = logits.detach().argmax(dim=1) != y[live]
+        hit, dtype_only = confirmed_hits(model, logits, x_cur[live], y[live], lo[live], hi[live])
+        acc.dtype_only[rows] += dtype_only.long().cpu()
         acc.record_success(rows[hit.cpu()], x_cur[live[hit]], k, tgt, live[hit])
         keep = ~hit
         if not bool(keep.any()):
@@ -227,12 +272,16 @@ def _single_run(
             f = loss.detach().double()
         else:
             f = progress_margin(logits, y[live], t_live)
-        f = torch.nan_to_num(f, nan=float("-inf"))[keep]
+        f = torch.where(torch.isfinite(f), f, float("-inf"))[keep]  # NaN/Inf: no progress
         if need_grad:
             (g,) = torch.autograd.grad(loss[keep].sum(), xk)
             g = g[keep].float()
         live = live[keep]
         rows = idx[live.cpu()]
+        if need_grad:
+            acc.bwd[rows] += 1
+            ok = acc.count_degenerate(rows, g, loss.detach()[keep])
+            f = torch.where(ok, f, float("-inf"))  # a skipped step is no progress
         # bookkeeping [APGD paper]: increases since the last checkpoint, and x_max
         if k > 0:
             n_incr[live] += (f > f_cur[live]).long()
@@ -240,26 +289,24 @@ def _single_run(
         up = live[better]
         x_best[up] = x_cur[up]
         f_best[up] = f[better]
-        f_cur[live] = f
+        f_cur[live] = torch.where(torch.isfinite(f), f, f_cur[live])
         if k == 0:
             f_check[live] = f
         if not need_grad:
             break
-        acc.bwd[rows] += 1
-        acc.count_degenerate(rows, g, loss.detach()[keep])
-        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-        grad[live] = g
-        grad_best[up] = g[better]
+        grad[live[ok]] = g[ok]
+        grad_best[up] = grad[up]
         if k in marks:
             _checkpoint(cfg.rho * (k - last_mark), live, n_incr, halved, f_best, f_check, step,
                         (x_cur, x_prev, x_best, grad, grad_best, f_cur))
             last_mark = k
         alpha = 1.0 if k == 0 else cfg.momentum
-        xc, xp, eta = x_cur[live], x_prev[live], step[live].float().view(view)
-        z = project(xc + eta * grad[live].sign(), lo[live], hi[live])
-        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[live], hi[live])
-        x_prev[live] = xc
-        x_cur[live] = x_new
+        move = live[ok]  # rows whose step is taken; a non-finite one is skipped
+        xc, xp, eta = x_cur[move], x_prev[move], step[move].float().view(view)
+        z = project(xc + eta * grad[move].sign(), lo[move], hi[move])
+        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[move], hi[move])
+        x_prev[move] = xc
+        x_cur[move] = x_new
     # robust examples of this run keep their highest-progress iterate x_max
     acc.x_adv[idx[live.cpu()]] = x_best[live].cpu()
 

@@ -293,7 +293,7 @@ def _audit(model: nn.Module, x: Tensor, y: Tensor, st: dict, config: AAConfig) -
 
 
 def _meta(model: nn.Module, x: Tensor, y: Tensor, config: AAConfig) -> dict:
-    """What a state file must match: config, the points and the model weights."""
+    """What a state file must match: config, the points, the model weights and this code."""
 
     def sha(*ts: Tensor) -> str:
         h = hashlib.sha256()
@@ -301,8 +301,9 @@ def _meta(model: nn.Module, x: Tensor, y: Tensor, config: AAConfig) -> dict:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # this runner's own source
     return {"eps": float(config.eps), "seed": int(config.seed),
-            "batch_size": int(config.batch_size), "version": config.version,
+            "batch_size": int(config.batch_size), "version": config.version, "code_sha256": code,
             "n": int(x.shape[0]), "x_shape": list(x.shape), "x_sha256": sha(x),
             "y_sha256": sha(y), "model_sha256": sha(*model.state_dict().values())}
 

@@ -2,8 +2,12 @@
 
 [paper, MIFPE code] random start on the eps-ball surface; step η_k from a schedule over the
 budget N; APGD-style momentum (α = 1 at the first step, then ``momentum``); projection onto
-eps-ball ∩ [0,1]; an example is frozen at the first iterate that is misclassified (in the attack
-dtype); targeted: one full run per target (clean ranks 2…n_targets+1) on still-robust points.
+eps-ball ∩ [0,1]; targeted: one full run per target (clean ranks 2…n_targets+1) on still-robust
+points. [derived here] An example is frozen at the first iterate that is a confirmed success
+(:func:`tmifpe.attacks.runs.confirmed_hits`: finite attack-dtype logits misclassify it *and* a
+fresh fp32 pass of its float32 iterate does); an iterate misclassified in the attack dtype only
+is counted (``dtype_only_hits``) and the attack goes on from it. A step whose loss or gradient
+is NaN/Inf is skipped: the iterate and its momentum stay as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tmifpe.attacks.runs import (
     RunState,
     check_class_range,
     check_inputs,
+    confirmed_hits,
     run_restarts_and_targets,
 )
 from tmifpe.attacks.schedule import Schedule, step_size
@@ -109,7 +114,11 @@ def _single_run(
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
         state.fwd[idx[live]] += 1
-        hit = (logits.detach().argmax(dim=1) != y[live]).cpu()  # index bookkeeping on CPU
+        dev_live = live.to(x0.device)
+        hit, dtype_only = confirmed_hits(model, logits, x_cur[dev_live], y[dev_live],
+                                         lo[dev_live], hi[dev_live])
+        hit, dtype_only = hit.cpu(), dtype_only.cpu()  # index bookkeeping on CPU
+        state.dtype_only[idx[live]] += dtype_only.long()
         state.record_success(idx[live[hit]], x_cur[live[hit]], k, tgt, live[hit])
         if k == cfg.steps:
             break
@@ -120,14 +129,15 @@ def _single_run(
         (grad,) = torch.autograd.grad(loss[keep.to(loss.device)].sum(), xk)
         live, grad = live[keep], grad[keep.to(grad.device)].float()
         state.bwd[idx[live]] += 1  # frozen rows are outside loss[keep]: no gradient for them
-        state.count_degenerate(idx[live], grad, loss.detach()[keep.to(loss.device)])
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        ok = state.count_degenerate(idx[live], grad, loss.detach()[keep.to(loss.device)])
+        step = live[ok.cpu()]  # rows whose step is taken; the others stay where they are
+        grad = grad[ok]
         eta = step_size(cfg.schedule, k, cfg.steps, cfg.eps)
         alpha = 1.0 if k == 0 else cfg.momentum
-        xc, xp = x_cur[live], x_prev[live]
-        z = project(xc + eta * grad.sign(), lo[live], hi[live])
-        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[live], hi[live])
-        x_prev[live] = xc
-        x_cur[live] = x_new
+        xc, xp = x_cur[step], x_prev[step]
+        z = project(xc + eta * grad.sign(), lo[step], hi[step])
+        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[step], hi[step])
+        x_prev[step] = xc
+        x_cur[step] = x_new
     # examples never misclassified keep the last iterate of the last run
     state.x_adv[idx[live]] = x_cur[live].cpu()

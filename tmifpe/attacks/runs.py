@@ -1,5 +1,6 @@
 """What the PGD and APGD engines share: the per-example result, its accumulators, input checks,
-and the loop over restarts and targets (each run only on the still-robust examples)."""
+the success rule, and the loop over restarts and targets (each run only on the still-robust
+examples)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from tmifpe.precision import PrecisionModel
 
 NEVER = -1  # first_success_iter of an example never misclassified
 
@@ -23,8 +26,11 @@ def batch_seed(seed: int, targeted: bool, batch: int) -> int:
 class PGDResult:
     """Per-example outcome of one attack (all tensors have leading dim N, on CPU).
 
-    ``success`` is the attack's own verdict in its dtype; the fp32/fp64 verdicts come from
-    :mod:`tmifpe.verify`. ``first_success_iter`` is the iterate index (0 = random start, N = last
+    ``success`` is the confirmed success of :func:`confirmed_hits` (attack-dtype logits finite
+    and misclassifying, and a fresh fp32 pass of the float32 iterate misclassifying it); the
+    final fp32/fp64 verdicts come from :mod:`tmifpe.verify`. ``dtype_only_hits`` counts the
+    iterates the attack dtype called misclassified but fp32 did not (the attack went on).
+    ``first_success_iter`` is the iterate index (0 = random start, N = last
     iterate) of the first success within its run, ``NEVER`` if none. ``x_adv`` is float32: the
     successful iterate, or the engine's chosen iterate of the last run for robust examples.
     """
@@ -37,6 +43,7 @@ class PGDResult:
     n_backward: Tensor  # (N,) int64, backward passes this example took part in
     zero_grad_steps: Tensor  # (N,) int64, steps whose input gradient was exactly zero
     nonfinite_steps: Tensor  # (N,) int64, steps with NaN/Inf loss or gradient (step skipped)
+    dtype_only_hits: Tensor  # (N,) int64, iterates misclassified in the attack dtype only
 
 
 @dataclass
@@ -51,6 +58,7 @@ class RunState:
     bwd: Tensor
     zero: Tensor
     nonfinite: Tensor
+    dtype_only: Tensor
 
     @classmethod
     def empty(cls, x: Tensor) -> RunState:
@@ -60,11 +68,11 @@ class RunState:
             return torch.zeros(n, dtype=torch.int64)
 
         return cls(x.clone(), torch.zeros(n, dtype=torch.bool), torch.full((n,), NEVER),
-                   torch.full((n,), -1), z(), z(), z(), z())
+                   torch.full((n,), -1), z(), z(), z(), z(), z())
 
     def freeze(self) -> PGDResult:
         return PGDResult(self.x_adv, self.success, self.first, self.target, self.fwd, self.bwd,
-                         self.zero, self.nonfinite)
+                         self.zero, self.nonfinite, self.dtype_only)
 
     def record_success(self, rows: Tensor, x_hit: Tensor, k: int, tgt: Tensor | None,
                        local: Tensor) -> None:
@@ -78,13 +86,40 @@ class RunState:
         if tgt is not None:
             self.target[rows] = tgt[local].cpu()
 
-    def count_degenerate(self, rows: Tensor, grad: Tensor, loss: Tensor) -> None:
-        """Count steps whose gradient is exactly zero, or whose loss/gradient is NaN/Inf."""
+    def count_degenerate(self, rows: Tensor, grad: Tensor, loss: Tensor) -> Tensor:
+        """Count steps whose gradient is exactly zero, or whose loss/gradient is NaN/Inf;
+        returns the (n,) bool mask of the finite ones (the others' step is skipped)."""
         flat = grad.flatten(1)
         finite = torch.isfinite(flat).all(dim=1) & torch.isfinite(loss)
         zero = finite & (flat == 0).all(dim=1)
         self.nonfinite[rows] += (~finite).long().cpu()  # counters live on the CPU
         self.zero[rows] += zero.long().cpu()
+        return finite
+
+
+@torch.no_grad()
+def confirmed_hits(
+    model: PrecisionModel, logits: Tensor, x: Tensor, y: Tensor, lo: Tensor, hi: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """(success, dtype_only) (n,) bool on ``logits.device``, for iterates ``x`` (float32).
+
+    [derived here] Success: the attack-dtype ``logits`` are finite and misclassify, ``x`` lies in
+    [lo, hi] (eps-ball ∩ [0,1]; true by projection, checked), and a fresh forward of float32
+    ``x`` through ``model.reference`` (fp32, the project's verdict precision) gives finite
+    logits that misclassify. At fp32 the attack pass is that pass: no second forward. Only the
+    candidate rows go through the reference, so the extra cost is one forward per candidate.
+    dtype_only: a candidate fp32 rejects (the attack dtype's verdict alone).
+    """
+    z = logits.detach()
+    candidate = torch.isfinite(z).all(dim=1) & (z.argmax(dim=1) != y)
+    candidate &= ((x >= lo) & (x <= hi)).flatten(1).all(dim=1)
+    if z.dtype == torch.float32 or not bool(candidate.any()):
+        return candidate, torch.zeros_like(candidate)
+    rows = candidate.nonzero().squeeze(1)
+    z32 = model.reference(x[rows])
+    success = candidate.clone()
+    success[rows] = torch.isfinite(z32).all(dim=1) & (z32.argmax(dim=1) != y[rows])
+    return success, candidate & ~success
 
 
 def check_inputs(x: Tensor, y: Tensor, targets: Tensor | None, targeted: bool) -> None:

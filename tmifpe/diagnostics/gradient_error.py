@@ -17,10 +17,10 @@ float64 copy of the model (same loss). :func:`compare` turns the pair into per-e
 Gaps. Δ = z_π1 − z_π2 is the top-2 gap of the float64 logits (NaN if a logit is not finite).
 The thresholds of ``docs/theory.md`` §3 ([derived]: −ln u for rounding, −ln(s/2) for underflow,
 from :func:`tmifpe.losses.tmifpe.tstar.gap_thresholds`) refer to the *scaled* top-2 gap
-m = c·Δ of the softmax the loss evaluates: for plain CE c = 1, so m = Δ; for MIFPE c = T/Δ, so m = T = 1
-[paper]; for T-MIFPE c = t*/Δ, so m = t* [paper]. Examples are binned by the raw Δ for every
-loss, so CE and MIFPE/T-MIFPE are compared on the same points; m is reported next to it. C&W and
-DLR evaluate no softmax: their scaled gap is undefined (NaN).
+m = c·Δ of the softmax the loss evaluates: for plain CE c = 1, so m = Δ; for MIFPE c = T/Δ, so
+m = T = 1 [paper]; for T-MIFPE c = t*/Δ, so m = t* [paper]. Examples are binned by the raw Δ for
+every loss, so CE and MIFPE/T-MIFPE are compared on the same points; m is reported next to it.
+C&W and DLR evaluate no softmax: their scaled gap is undefined (NaN).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tmifpe.attacks.schedule import Schedule
 from tmifpe.config import SuiteParams
 from tmifpe.losses import LossFn, LossName, get_loss, parse_loss
 from tmifpe.losses.mifpe import MIFPE_T
-from tmifpe.losses.scaling import top2_gap
+from tmifpe.losses.scaling import guarded_gap
 from tmifpe.losses.tmifpe.tstar import (
     Phase,
     attack_phase,
@@ -127,18 +127,20 @@ def scaled_gap(
     """(N,) scaled top-2 gap m = c·Δ the loss's softmax sees [paper formulas, see module doc].
 
     CE: m = Δ; MIFPE: m = Δ·T/Δ_g; T-MIFPE: m = Δ·t*/Δ_g, with Δ_g the guarded gap of
-    :func:`tmifpe.losses.scaling.top2_gap` (so m = T or t* except for degenerate Δ) and t* from
-    :func:`optimal_t` (``dtype`` matters for rule "cap" only). C&W and DLR: NaN.
+    :func:`tmifpe.losses.scaling.guarded_gap` at ``dtype`` (so m = T or t*; m = Δ on a tie,
+    where c = 1) and t* from :func:`optimal_t` (``dtype``: rule "cap" and the tie guard). C&W
+    and DLR: NaN.
     """
     name = parse_loss(loss) if isinstance(loss, str) else loss
     gap = top2(logits64)
     if name is LossName.CE:
         return gap
+    delta, tie = guarded_gap(logits64, dtype)
     if name is LossName.MIFPE:
-        return gap * MIFPE_T / top2_gap(logits64)
+        return torch.where(tie, gap, gap * MIFPE_T / delta)
     if name is LossName.TMIFPE:
         t = optimal_t(logits64, labels, targets=targets, rule=tstar_rule, dtype=dtype)
-        return gap * t / top2_gap(logits64)
+        return torch.where(tie, gap, gap * t / delta)
     return torch.full_like(gap, torch.nan)
 
 
@@ -510,6 +512,13 @@ def _take(g: InputGradient, rows: Tensor) -> InputGradient:
     return InputGradient(g.grad[rows], g.logit_grad[rows], g.logits[rows])
 
 
+def device_name(device: torch.device) -> str:
+    """``"cpu"``, or e.g. ``"cuda:0 (NVIDIA A100-SXM4-40GB)"``: where a measurement ran."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def measure(
     model: nn.Module, x: Tensor, y: Tensor, plan: DiagnosticsPlan,
 ) -> tuple[pl.DataFrame, dict[str, object]]:
@@ -518,7 +527,8 @@ def measure(
     The float64 reference runs once per point set × loss × targeted on all points; a precision
     with a ``max_points`` cap runs on :func:`stratified_subset` of the clean float64 gaps (the
     same examples in every point set). Returns the example frame and a description of the
-    points (sizes, broken counts, subset) for the stage's JSON.
+    points (sizes, broken counts, subset) and of the device and torch version measured on (the
+    thresholds are device-dependent, ``benchmarks/device_check.py``) for the stage's JSON.
     """
     sets = point_sets(model, x, y, plan)
     models = {p: PrecisionModel(model, p) for p in (*plan.precisions, Precision.FP64)}
@@ -549,6 +559,7 @@ def measure(
                         pl.Series("example", ps.example[rows].numpy()),
                         pl.lit(rows.shape[0], dtype=pl.Int64).alias("n_points")))
     info = {
+        "device": device_name(x.device), "torch_version": torch.__version__,
         "num_classes": int(clean64.shape[1]),
         "point_sets": {ps.name: {"step": ps.step, "n_points": int(ps.x.shape[0]),
                                  "n_broken": ps.n_broken} for ps in sets},

@@ -100,6 +100,7 @@ def verdict_table(verdicts: dict[str, Path]) -> Table:
     rows = []
     for model in sorted(verdicts):
         doc = json.loads(verdicts[model].read_text())
+        label = f"{model} ({doc['device']})" if "device" in doc else model  # where it ran
         for v in doc["verdicts"]:
             if v["check"] == "scaled_no_zero_gradient":
                 where = "all Δ > 0"
@@ -111,14 +112,16 @@ def verdict_table(verdicts: dict[str, Path]) -> Table:
                            f"{_pct(v['zero_frac_above'])}% of {v['n_above']} "
                            f"(between: {_pct(v['zero_frac_between'])}% of {v['n_between']})")
             attack = LOSS_LABELS.get(v["loss"], v["loss"]) + (" targeted" if v["targeted"] else "")
-            rows.append((model, v["check"], attack, v["precision"], where, numbers, v["verdict"]))
+            rows.append((label, v["check"], attack, v["precision"], where, numbers, v["verdict"]))
     return Table(
         "diag-verdicts", "Does the measured gradient error follow the theory?",
         "ce_zero_gradient: input gradient exactly 0 should be ~0% below the rounding threshold "
         "and ≥90% above the underflow threshold; ce_true_class_term: ∂L/∂z_y rounded to 0, "
         "~0% below −ln u and ≥90% above −ln u + ln(K−1); scaled_no_zero_gradient: MIFPE/T-MIFPE "
         "(scaled gap ≈ 1) should have ≤5% zero gradients. Phase (i) points, all point sets "
-        "pooled; a side with fewer than 10 points gives “too few points”.",
+        "pooled; a side with fewer than 10 points gives “too few points”. The device measured "
+        "on is given with the model: on CUDA the thresholds may differ "
+        "(benchmarks/device_check.py).",
         ("Model", "Check", "Attack", "Precision", "Where", "Numbers", "Verdict"),
         (False, False, False, False, False, False, False), tuple(rows), "No verdicts.")
 

@@ -1,9 +1,11 @@
 """RobustBench models: registry look-up, offline-first checkpoint loading, reported accuracies.
 
-The architecture comes from robustbench's model zoo and the key renaming from robustbench's own
-helpers; the checkpoint itself is read here with ``torch.load(..., weights_only=True)``, because
-``robustbench.utils.load_model`` calls ``torch.load`` without ``weights_only`` and so depends on
-torch's default (which the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable can flip).
+Models load with robustbench's own ``robustbench.utils.load_model`` from a checkpoint file that
+is already in place (the model stage puts it in its output ``models/<key>/``). robustbench 1.1.1
+calls ``torch.load(path, map_location=...)`` without ``weights_only``, so the mode would follow
+torch's default, which the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable flips; the
+call is therefore made with torch's documented ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` set (and the
+opposite variable cleared), which makes every ``torch.load`` inside it weights-only.
 Only single-checkpoint models hosted on Google Drive are supported (not ensembles, not timm-hub
 models). robustbench is imported lazily: it is slow to import (timm, pkg_resources).
 """
@@ -12,15 +14,18 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from tmifpe._compat.autoattack_alias import import_robustbench
 from tmifpe.data.integrity import guarded_download
 
 DATASETS = ("cifar10", "cifar100")
@@ -53,18 +58,60 @@ def load_robustbench(
     unsupported ID, ``CheckpointError`` for an HTML page or unreadable file, ``FileNotFoundError``
     when the file is missing and cannot be downloaded.
     """
-    from robustbench.model_zoo.enums import BenchmarkDataset
-    from robustbench.utils import _safe_load_state_dict
-
     entry = _entry(model_id, dataset, threat_model)
     path = checkpoint_path(model_id, dataset, model_dir, threat_model)
     if not path.is_file():
         _download(entry["gdrive_id"], path)
+    return load_staged(model_id, dataset, model_dir, threat_model=threat_model)
+
+
+def load_staged(
+    model_id: str, dataset: str, model_dir: Path, *, threat_model: str = "Linf"
+) -> nn.Module:
+    """``robustbench.utils.load_model`` on the checkpoint already at ``checkpoint_path`` (never
+    downloads), weights-only; float32, eval mode. Raises like :func:`load_robustbench`."""
+    import_robustbench()  # robustbench imports `autoattack`: tmifpe's alias first
+    from robustbench.utils import load_model
+
+    _entry(model_id, dataset, threat_model)
+    path = checkpoint_path(model_id, dataset, model_dir, threat_model)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `dvc repro model@...` (the model stage "
+                                "stages the checkpoint there)")
     _reject_html(path)
-    state_dict = _state_dict(path, model_id)
-    model = entry["model"]()
-    model = _safe_load_state_dict(model, model_id, state_dict, BenchmarkDataset(dataset))
+    try:
+        with _weights_only_loads():
+            model = load_model(model_id, model_dir=model_dir, dataset=dataset,
+                               threat_model=threat_model)
+    except (pickle.UnpicklingError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a loadable weights-only checkpoint "
+                              f"({_first_line(exc)})") from exc
+    except RuntimeError as exc:  # torch: bad archive; robustbench: keys do not match the arch
+        raise CheckpointError(f"{path} cannot be loaded into {model_id} "
+                              f"({_first_line(exc)})") from exc
     return model.float().eval()
+
+
+@contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside is weights-only (torch's documented environment switch)."""
+    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
+                                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def reported_accuracy(dataset: str, model_id: str) -> dict[str, Any] | None:
@@ -84,6 +131,7 @@ def _leaderboard() -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _registry(dataset: str, threat_model: str) -> dict[str, dict[str, Any]]:
+    import_robustbench()  # robustbench imports `autoattack`: tmifpe's alias first
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -122,6 +170,7 @@ def _is_timm_hosted(model_id: str, dataset: str, threat_model: str) -> bool:
 
 def _download(gdrive_id: str, path: Path) -> None:
     from gdown.exceptions import FileURLRetrievalError
+    import_robustbench()  # robustbench imports `autoattack`: tmifpe's alias first
     from robustbench.utils import download_gdrive_new
 
     def fetch() -> None:
@@ -144,26 +193,3 @@ def _reject_html(path: Path) -> None:
             f"{path} is an HTML page, not a checkpoint (a failed Google Drive download); "
             "delete it and download it again, or place the real checkpoint there"
         )
-
-
-def _state_dict(path: Path, model_id: str) -> dict[str, torch.Tensor]:
-    """Read the checkpoint safely and apply robustbench's unwrapping and key renaming."""
-    from robustbench.utils import rm_substr_from_state_dict
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a loadable weights-only checkpoint ({first_line})"
-        ) from exc
-    if "Kireev2021Effectiveness" in model_id or model_id == "Andriushchenko2020Understanding":
-        checkpoint = checkpoint["last"]  # robustbench takes the last of ('last', 'best')
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state_dict")
-    # robustbench's rule, kept as is: drop the first len(substr) characters of any key that
-    # contains the substring (for keys that start with it, that strips the prefix).
-    state_dict = rm_substr_from_state_dict(checkpoint, "module.")
-    return rm_substr_from_state_dict(state_dict, "model.")

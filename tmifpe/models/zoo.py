@@ -1,4 +1,9 @@
-"""Models by grid key: the one door the stages use to get a float32 eval-mode model."""
+"""Models by grid key: the one door the stages use to get a float32 eval-mode model.
+
+Every checkpoint is read from the model stage's output ``models/<key>/`` (DVC-tracked, cached
+and pushable like any output): ``model.pt`` for trained and pyautoattack models, RobustBench's
+own layout ``<dataset>/<threat model>/<id>.pt`` for RobustBench models.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,11 @@ TRAINED_DIR = Path("models")
 
 def trained_checkpoint(key: str) -> Path:
     return TRAINED_DIR / key / "model.pt"
+
+
+def model_dir(key: str) -> Path:
+    """The model stage's output folder of ``key``."""
+    return TRAINED_DIR / key
 
 
 def build_small_cnn(params: ModelParams, dataset_source: str) -> nn.Module:
@@ -39,8 +49,8 @@ def load_model(suite: SuiteParams, key: str) -> nn.Module:
     if params.source == "pyautoattack_resnet18":
         from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
 
-        return load_pyautoattack_resnet18()
-    from tmifpe.models.robustbench_zoo import load_robustbench
+        return load_pyautoattack_resnet18(trained_checkpoint(key))
+    from tmifpe.models.robustbench_zoo import load_staged
 
     assert params.id is not None  # guaranteed by ModelParams validation
-    return load_robustbench(params.id, ds.source, Path(suite.model_dir))
+    return load_staged(params.id, ds.source, model_dir(key))

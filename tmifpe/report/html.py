@@ -11,9 +11,10 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tmifpe.report.detail import Table, all_tables
+from tmifpe.report.fast import fast_section
 from tmifpe.report.output import write_text_atomic
 from tmifpe.report.plots import all_figures
-from tmifpe.report.views import DIGITS, budget_grid, main_grid, precision_grid
+from tmifpe.report.views import DIGITS, budget_grid, dtype_only_grid, main_grid, precision_grid
 
 
 @lru_cache(maxsize=1)
@@ -41,12 +42,15 @@ def html_report(
     given order (commit, params, dates: nothing is added here, so the output is reproducible).
     ``extra_tables``: sections of other stages (diagnostics, ablations), shown after the rest."""
     grids = {"main": main_grid(tables), "precision": precision_grid(tables),
-             "budget": budget_grid(tables)}
+             "dtype_only": dtype_only_grid(tables), "budget": budget_grid(tables)}
     figures = all_figures(tables)
     details = [*all_tables(tables), *extra_tables]
     contents = [(grids["main"].key, "Main comparison")]
+    fast = fast_section(tables)  # the fast preset beside AutoAttack (None without results)
+    contents += [(fast.key, fast.title)] if fast else []
     contents += [(f.key, f.title) for f in figures]
-    contents += [(g.key, g.title) for g in (grids["precision"], grids["budget"])]
+    contents += [(g.key, g.title) for g in (grids["precision"], grids["dtype_only"],
+                                            grids["budget"])]
     contents += [(t.key, t.title) for t in details]
     return _environment().get_template("report.html.j2").render(
         title=title,
@@ -54,6 +58,7 @@ def html_report(
         contents=contents,
         figures=figures,
         tables=details,
+        fast=fast,
         **grids,
     )
 

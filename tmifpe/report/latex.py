@@ -12,8 +12,17 @@ from pathlib import Path
 import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from tmifpe.report.fast import fast_grid
 from tmifpe.report.output import write_text_atomic
-from tmifpe.report.views import DIGITS, Cell, Grid, budget_grid, main_grid, precision_grid
+from tmifpe.report.views import (
+    DIGITS,
+    Cell,
+    Grid,
+    budget_grid,
+    dtype_only_grid,
+    main_grid,
+    precision_grid,
+)
 
 _ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -77,8 +86,10 @@ def _grid_context(grid: Grid) -> dict:
 
 
 def latex_tables(tables: dict[str, pl.DataFrame]) -> str:
-    """The body of ``tables.tex``: main comparison, precision and budget tables."""
-    grids = [main_grid(tables), precision_grid(tables), budget_grid(tables)]
+    """The body of ``tables.tex``: main comparison, precision, budget, dtype-only and fast."""
+    grids = [main_grid(tables), precision_grid(tables), budget_grid(tables),
+             dtype_only_grid(tables)]
+    grids += [g for g in (fast_grid(tables),) if g is not None]  # tmifpe/report/fast.py
     usable = [_grid_context(g) for g in grids if g.columns and g.blocks]
     return _environment().get_template("tables.tex.j2").render(grids=usable)
 

@@ -191,6 +191,38 @@ def precision_grid(tables: dict[str, pl.DataFrame]) -> Grid:
     )
 
 
+def dtype_only_grid(tables: dict[str, pl.DataFrame]) -> Grid:
+    """Attacks × precisions per model, same budgets as :func:`precision_grid`: % of points
+    with at least one dtype-only hit (a precision effect of its own, not in robust accuracy)."""
+    pe = tables["precision_effect"]
+    precisions = sorted(pe["precision"].unique().to_list(), key=precision_rank)
+    budgets = common_budgets(tables["robust_accuracy"])
+    share = {(s, d, m, lo, t, p, b): (100.0 * k / n if n else None)
+             for s, d, m, lo, t, p, b, k, n in pe.select(
+                 "suite", "dataset", "model", "loss", "targeted", "precision", "budget",
+                 "n_dtype_only_examples", "n").iter_rows()}
+    all_models = models(tables)
+    blocks = []
+    for m in (m for m in all_models if m in budgets):
+        rows = [(attack_name(*a), [share.get((*m, *a, p, budgets[m])) for p in precisions])
+                for a in attacks(pe.filter(pl.col("model") == m[2], pl.col("suite") == m[0]))]
+        blocks.append(Block(f"{model_label(m, all_models)} (budget {budgets[m]})", plain(rows)))
+    return Grid(
+        key="dtype-only",
+        title="Dtype-only hits by attack precision",
+        caption=("Points (%) at which the attack met at least one iterate that its own "
+                 "precision called misclassified but a fresh fp32 pass did not: a measured "
+                 "precision effect of its own. Such an iterate is not a success; the attack went "
+                 "on from it, so these points are not in the robust accuracy above. Same budgets "
+                 "as the precision table; fp32 is 0 by construction (its attack pass is the fp32 "
+                 "pass)."),
+        corner="Attack",
+        columns=tuple(precisions),
+        subcolumns=(),
+        blocks=tuple(blocks),
+    )
+
+
 def budget_grid(tables: dict[str, pl.DataFrame]) -> Grid:
     """Attacks × budgets per model at fp32."""
     ra = tables["robust_accuracy"].filter(pl.col("precision") == HEADLINE_PRECISION)

@@ -10,8 +10,10 @@ a_j = (z_π1 − z_j)/Δ (so a_π2 = 1) this module computes t*, always in float
 * phases (ii)/(iii), k not on top [open in the paper; candidate rules, see ``PHASE23_RULES``]:
   "mifpe" t = 1; "coef" t = argmax_t (t/Δ)·p_k(t); "cap" t = τ_round(dtype)/a_k.
 
-Degenerate rows get t = 1: a top-2 tie (Δ = 0, including all-equal logits) and rows with a NaN or
-±Inf logit (count them with :func:`nonfinite_rows`). The derivation is in ``docs/theory.md``.
+Degenerate rows get t = 1: a top-2 tie (the guard of :func:`tmifpe.losses.scaling.guarded_gap`:
+Δ = 0, including all-equal logits, or Δ below the compute dtype's smallest normal) and rows with a
+NaN or ±Inf logit (count them with :func:`nonfinite_rows`). Δ is that same guarded gap, so t* is
+chosen for the Δ the loss divides by. The derivation is in ``docs/theory.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from tmifpe.losses.scaling import guarded_gap
 
 
 class Phase(enum.IntEnum):
@@ -90,8 +94,9 @@ def optimal_t(
 
     Phases (i)/(iv): global argmax of h(t) = t·S/(1+S) [derived]. Phases (ii)/(iii): ``rule``
     "mifpe" (t = 1) [paper], "coef" (argmax (t/Δ)·p_k) or "cap" (t·a_k = −ln u(dtype)) [derived].
-    ``dtype`` is the attack's compute dtype (default: ``logits.dtype``), used by "cap" only.
-    Rows with Δ = 0 or a non-finite logit get t* = 1.
+    ``dtype`` is the attack's compute dtype (default: ``logits.dtype``): the "cap" rule and the
+    tie guard use it. Rows with a tie (:func:`tmifpe.losses.scaling.guarded_gap`: Δ below the
+    dtype's smallest normal) or a non-finite logit get t* = 1.
     """
     _validate(logits, labels, targets)
     if rule not in PHASE23_RULES:
@@ -104,8 +109,8 @@ def optimal_t(
         z = torch.where(bad[:, None], torch.zeros_like(z), z)
         k = (labels if targets is None else targets).long()
         top2, idx = z.topk(2, dim=1)  # (N, K) -> (N, 2)
-        delta = top2[:, 0] - top2[:, 1]
-        ok = delta > 0
+        delta, tie = guarded_gap(logits, logits.dtype if dtype is None else dtype)
+        ok = ~tie & ~bad
         on_top = idx[:, 0] == k
         d = top2[:, :1] - z  # (N, K) gaps to the top-1, >= 0
         t = torch.ones_like(delta)

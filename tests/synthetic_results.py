@@ -21,7 +21,7 @@ CELL_DEFAULTS = {
     "seed": 0, "label": 0, "attack_success": False, "valid": True, "false_success": False,
     "fp32_fp64_disagree": False, "first_success_iter": -1, "success_target": -1,
     "margin_fp32": 1.0, "margin_fp64": 1.0, "n_forward": 0, "n_backward": 0,
-    "zero_grad_steps": 0, "nonfinite_steps": 0,
+    "zero_grad_steps": 0, "nonfinite_steps": 0, "dtype_only_hits": 0,
 }
 AA_DEFAULTS = {
     "suite": "default", "dataset": "digits", "eps": 0.3, "seed": 0, "batch_size": 250,
@@ -147,7 +147,8 @@ def _demo_row(
     row = {
         "example": i, "label": i % 10, "precision": precision, "targeted": n_targets > 0,
         "n_targets": n_targets, "clean_correct": cc, "robust_fp32": cc and not broken,
-        "attack_success": broken or (cc and low and s <= h < s + 0.04),
+        "attack_success": broken,
+        "dtype_only_hits": 1 + i % 3 if (cc and low and s <= h < s + 0.04) else 0,
         "first_success_iter": int(budget * (h / s) ** 2) if broken else -1,
         "margin_fp32": margin, "margin_fp64": margin,
         "n_forward": runs * (budget + 1) if cc else 1, "n_backward": runs * budget if cc else 0,

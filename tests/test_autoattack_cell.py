@@ -1,0 +1,34 @@
+"""The AutoAttack resume key: a state is reused only for the same model files, data and code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from suite_support import complete
+
+from tmifpe.autoattack_cell import SOURCE_FILES, resume_key
+from tmifpe.config import parse_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_resume_key_covers_model_data_and_code(tmp_path: Path) -> None:
+    suite = parse_suite(complete({
+        "name": "t", "datasets": {"digits": {"source": "digits", "n_examples": 8, "eps": 0.2}},
+        "model_zoo": {"m": {"source": "trained", "dataset": "digits"}}, "models": ["m"],
+        "losses": ["ce"], "budgets": [2], "precisions": {"fp32": {"n_targets": 0}}}))
+    for f in SOURCE_FILES:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, tmp_path / f)
+    data, ckpt = tmp_path / "digits.pt", tmp_path / "model.pt"
+    data.write_bytes(b"data")
+    ckpt.write_bytes(b"weights v1")
+    key = resume_key(suite, "m", data, [ckpt], root=tmp_path)
+    assert resume_key(suite, "m", data, [ckpt], root=tmp_path) == key  # stable
+    ckpt.write_bytes(b"weights v2")  # retrained model
+    assert resume_key(suite, "m", data, [ckpt], root=tmp_path) != key
+    ckpt.write_bytes(b"weights v1")
+    runner = tmp_path / "tmifpe/attacks/autoattack_runner.py"
+    runner.write_text(runner.read_text() + "\n# changed\n")  # changed code
+    assert resume_key(suite, "m", data, [ckpt], root=tmp_path) != key

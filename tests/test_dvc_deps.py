@@ -1,0 +1,299 @@
+"""The dependency graph DVC sees: each stage depends on its own items only.
+
+A temporary git + DVC copy of the project with the default suite plus a second dataset and model
+(``digits_b``). Outputs are placeholder files recorded with ``dvc commit -f`` (nothing is
+computed: the dependency graph, not the stages, is under test), then each edit is checked with
+``dvc status --json``. ``dvc status`` lists the stages whose own deps or params changed; stages
+that depend only on *outputs* of those (e.g. aggregate/report on results/attack) re-run when
+those outputs change during ``dvc repro`` and are not listed here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tmifpe.cell import cell_source_files
+from tmifpe.config import load_params, parse_suite
+from tmifpe.losses import LOSSES, LossName
+from tmifpe.suite_grid import derive_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+slow = pytest.mark.slow
+# Files an attack cell runs besides the engine and its loss (cell_source_files): the stage entry
+# point, the model loader, and the runtime settings (threads, kernels, hash seed).
+ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/runtime.py",
+                      "tmifpe/stage_support.py"}
+
+
+def test_no_loss_package_imports_another() -> None:
+    packages = {p.name for p in (ROOT / "tmifpe/losses").iterdir() if p.is_dir()
+                and (p / "__init__.py").exists()}
+    assert packages == {loss.value for loss in LossName}
+    for pkg in packages:
+        for file in (ROOT / "tmifpe/losses" / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[:2] == ["tmifpe", "losses"] and len(parts) > 2:
+                        assert parts[2] in (pkg, "scaling"), f"{file} imports {name}"
+    for loss in LossName:
+        assert f"tmifpe/losses/{loss.value}" in LOSSES[loss].source_files
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _run(repo: Path, *args: str) -> str:
+    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    return _run(repo, sys.executable, "-m", "dvc", *args)
+
+
+def changed(repo: Path) -> set[str]:
+    return set(json.loads(_dvc(repo, "status", "--json")))
+
+
+def _touch_outputs(repo: Path, doc: dict) -> None:
+    suite, grid = doc["suite"], doc["grid"]
+    files = [f"data/eval/{d}.pt" for d in suite["datasets"]]
+    for m in suite["models"]:
+        files += [f"models/{m}/manifest.json"]
+        files += [f"results/{s}/{m}{e}" for s in ("autoattack", "ablations")
+                  for e in (".parquet", ".timing.json")]
+        files += [f"results/diagnostics/{m}{e}" for e in (".parquet", ".tstar.parquet", ".json")]
+    files += [f"results/attack/{c['model']}/{c['loss']}/b{c['budget']}{e}"
+              for c in grid["cells"].values() for e in (".parquet", ".timing.json")]
+    files += ["results/aggregate/robust_accuracy.csv", "results/metrics.json",
+              "reports/index.html", "reports/tables.tex", "reports/tables_standalone.tex"]
+    for f in files:
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text(f"placeholder {f}\n")
+
+
+def _two_dataset_suite() -> dict:
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    suite = doc["suite"]
+    suite["datasets"]["digits_b"] = {**suite["datasets"]["digits"], "split_seed": 1}
+    suite["model_zoo"]["digits_b"] = {**suite["model_zoo"]["digits_std"], "dataset": "digits_b"}
+    suite["models"].append("digits_b")
+    return suite
+
+
+def write_suite(repo: Path, suite: dict) -> dict:
+    doc = {"suite": suite, "grid": derive_grid(suite)}
+    (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return doc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("deps")
+    for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "config", "user.email", "ci@example.invalid")
+    _run(repo, "git", "config", "user.name", "ci")
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "config", "core.analytics", "false")
+    _dvc(repo, "config", "hydra.enabled", "true")
+    suite = _two_dataset_suite()
+    # the default suite of this copy is the two-dataset suite; `small` is a second suite
+    (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    small = {**suite, "name": "small", "models": ["digits_std"], "budgets": [10, 20]}
+    (repo / "conf/suite/small.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
+    doc = write_suite(repo, suite)
+    load_params(repo / "params.yaml")  # valid
+    _touch_outputs(repo, doc)
+    _dvc(repo, "commit", "-f", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-q", "-m", "baseline")
+    assert changed(repo) == set()
+    return repo
+
+
+@contextmanager
+def edited(repo: Path, rel: str, text: str | None = None) -> Iterator[Path]:
+    path = repo / rel
+    original = path.read_text()
+    if text is not None:
+        path.write_text(text)
+    try:
+        yield path
+    finally:
+        path.write_text(original)
+
+
+def cells(*, model: str | None = None, loss: str | None = None, budget: int | None = None,
+          suite: dict | None = None) -> set[str]:
+    grid = derive_grid(suite or _two_dataset_suite())
+    return {f"attack@{k}" for k, c in grid["cells"].items()
+            if model in (None, c["model"]) and loss in (None, c["loss"])
+            and budget in (None, c["budget"])}
+
+
+def per_model(model: str) -> set[str]:
+    return {f"{s}@{model}" for s in ("model", "autoattack", "diagnostics", "ablations")}
+
+
+@slow
+def test_attack_cell_deps_are_exactly_its_files_and_params(repo: Path) -> None:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    grid = derive_grid(_two_dataset_suite())
+    assert {k for k in lock if k.startswith("attack@")} == {f"attack@{k}" for k in grid["cells"]}
+    for key, c in grid["cells"].items():
+        entry = lock[f"attack@{key}"]
+        deps = {d["path"] for d in entry["deps"]}
+        expected = {*cell_source_files(LossName(c["loss"])), *ATTACK_STAGE_FILES,
+                    f"models/{c['model']}", f"data/eval/{c['dataset']}.pt"}
+        assert deps == expected, key
+        assert set(entry["params"]["params.yaml"]) == {
+            "suite.name", f"suite.model_zoo.{c['model']}", f"suite.datasets.{c['dataset']}",
+            f"grid.precisions.b{c['budget']}", "suite.attack", "suite.device", "suite.threads",
+            "suite.hash_seed"}, key
+
+
+@slow
+def test_one_models_training_param(repo: Path) -> None:
+    suite = _two_dataset_suite()
+    suite["model_zoo"]["digits_std"]["epochs"] += 1
+    with edited(repo, "params.yaml"):
+        write_suite(repo, suite)
+        assert changed(repo) == {*per_model("digits_std"), *cells(model="digits_std"),
+                                 "aggregate"}
+
+
+@slow
+def test_one_datasets_n_examples(repo: Path) -> None:
+    suite = _two_dataset_suite()
+    suite["datasets"]["digits_b"]["n_examples"] = 100
+    with edited(repo, "params.yaml"):
+        write_suite(repo, suite)
+        assert changed(repo) == {"data@digits_b", *per_model("digits_b"),
+                                 *cells(model="digits_b"), "aggregate", "report"}
+
+
+@slow
+def test_editing_the_dlr_package(repo: Path) -> None:
+    files = sorted((repo / "tmifpe/losses/dlr").glob("*.py"))
+    rel = files[0].relative_to(repo).as_posix()
+    with edited(repo, rel, files[0].read_text() + "\n# edited\n"):
+        assert changed(repo) == {*cells(loss="dlr"), "diagnostics@digits_std",
+                                 "diagnostics@digits_at", "diagnostics@digits_b"}
+
+
+@slow
+def test_editing_the_tstar_solver(repo: Path) -> None:
+    rel = "tmifpe/losses/tmifpe/tstar.py"
+    with edited(repo, rel, (repo / rel).read_text() + "\n# edited\n"):
+        # the ablations compare t* rules: they run the solver too
+        models = ("digits_std", "digits_at", "digits_b")
+        assert changed(repo) == {*cells(loss="tmifpe"), *(f"diagnostics@{m}" for m in models),
+                                 *(f"ablations@{m}" for m in models)}
+
+
+@slow
+def test_fp64_cap_reruns_only_cells_whose_budget_crosses_it(repo: Path) -> None:
+    suite = _two_dataset_suite()
+    assert suite["precisions"]["fp64"]["max_budget"] == 50
+    suite["precisions"]["fp64"]["max_budget"] = 20  # budget 50 loses fp64; 10, 20, 100 unchanged
+    with edited(repo, "params.yaml"):
+        write_suite(repo, suite)
+        assert changed(repo) == cells(budget=50)
+
+
+def _queued_params(repo: Path, name: str, *overrides: str) -> dict:
+    """Queue ``dvc exp run -S ...`` (DVC composes params.yaml with Hydra, nothing runs) and
+    return the params.yaml of the queued experiment's commit."""
+    args = [a for o in overrides for a in ("-S", o)]
+    _dvc(repo, "exp", "run", "--queue", "-n", name, *args)
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("name") == name and isinstance(node.get("rev"), str):
+                found.append(node["rev"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(_dvc(repo, "exp", "show", "--json")))
+    assert found, f"queued experiment {name} not in `dvc exp show`"
+    return yaml.safe_load(_run(repo, "git", "show", f"{found[0]}:params.yaml"))
+
+
+@slow
+def test_exp_run_set_param_composes_and_changes_only_its_cells(repo: Path) -> None:
+    doc = _queued_params(repo, "cap20", "suite.precisions.fp64.max_budget=20")
+    assert doc["suite"]["precisions"]["fp64"]["max_budget"] == 20
+    assert list(doc["grid"]["precisions"]["b50"]) == ["bf16", "fp32"]
+    with edited(repo, "params.yaml", yaml.safe_dump(doc, sort_keys=False)):
+        diff = json.loads(_dvc(repo, "params", "diff", "--json"))["params.yaml"]
+        assert [k for k in diff if k.startswith("suite.")] == ["suite.precisions.fp64.max_budget"]
+        assert all(k.startswith("grid.precisions.b50.fp64") for k in diff if k.startswith("grid"))
+        assert changed(repo) == cells(budget=50)
+
+
+@slow
+def test_exp_run_sweep_queues_one_experiment_per_value(repo: Path) -> None:
+    before = _dvc(repo, "queue", "status").count("Queued")
+    _dvc(repo, "exp", "run", "--queue", "-S", "suite.budgets=[10],[10,20]")
+    assert _dvc(repo, "queue", "status").count("Queued") == before + 2
+
+
+@slow
+def test_switching_suites_with_set_param(repo: Path) -> None:
+    doc = _queued_params(repo, "small", "suite=small")
+    assert doc["suite"]["name"] == "small"
+    assert sorted(doc["grid"]["cells"]) == sorted(
+        k.removeprefix("attack@") for k in cells(model="digits_std")
+        if int(k.rsplit("-", 1)[1]) in (10, 20))
+    with edited(repo, "params.yaml", yaml.safe_dump(doc, sort_keys=False)):
+        assert load_params(repo / "params.yaml").name == "small"
+        status = changed(repo)
+    # the stages of the small suite with the same settings are up to date; only the stages
+    # that read the suite's name or grid lists re-run
+    assert status == {*cells(model="digits_std", budget=10), *cells(model="digits_std",
+                      budget=20), "autoattack@digits_std", "diagnostics@digits_std",
+                      "ablations@digits_std", "aggregate", "report"}
+    # the paper suite cannot run offline; its composition is checked, not run
+    paper = _queued_params(repo, "paper", "suite=paper")
+    assert parse_suite(paper["suite"]).name == "paper" and len(paper["grid"]["cells"]) == 175
+
+
+@slow
+def test_checkout_without_symlinks_still_invalidates(repo: Path, tmp_path: Path) -> None:
+    assert "120000" not in _run(repo, "git", "ls-files", "-s")  # no symlink in the tree
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", "-c", "core.symlinks=false", str(repo), str(clone))
+    _dvc(clone, "cache", "dir", str(repo / ".dvc/cache"))
+    _dvc(clone, "checkout", "-q")
+    assert changed(clone) == set()
+    rel = "tmifpe/losses/dlr/__init__.py"
+    (clone / rel).write_text((clone / rel).read_text() + "\n# edited\n")
+    assert changed(clone) == {*cells(loss="dlr"), "diagnostics@digits_std",
+                              "diagnostics@digits_at", "diagnostics@digits_b"}

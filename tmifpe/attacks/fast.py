@@ -1,0 +1,294 @@
+"""The ``fast`` attack preset: AutoAttack's verdict at a fraction of its passes, with a
+gradient-masking guard.
+
+Composition (each phase only on the points still robust after the previous ones, every verdict
+re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
+
+1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) with T-MIFPE, untargeted, 50 iterations, run
+   twice (the second run, from a new random start, only on the survivors of the first);
+2. APGD with targeted T-MIFPE, 20 iterations, on the clean ranks 2…4
+   (:func:`~tmifpe.attacks.pgd.attack_targets`), one run per target, each on the survivors;
+3. the guard: pyautoattack's Square attack (gradient-free, public class
+   ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors.
+
+The phase lengths, k and the guard budget are the preset's (``FastConfig``), chosen by
+measurement on a tuning split (``benchmarks/fast_preset.py``, ``docs/fast.md``). APGD's progress
+measure is passed explicitly: the C&W margin for the scaled losses (MIFPE, T-MIFPE), the loss for
+the others [APGD paper; see :mod:`tmifpe.attacks.apgd`].
+
+Cost [same accounting as the attack cells and the AutoAttack runner]: ``passes`` =
+forward + backward passes of the gradient phases (as counted by the engines) + Square queries
+(forward passes, attributed to examples like the AA runner does, via
+:func:`tmifpe.attacks.autoattack_runner.match_rows`) + one fp32 verification forward per phase
+an example took part in (the AA runner counts its verification forward after each attack too).
+The clean pass is not counted (neither side counts it).
+
+Flags [AutoAttack's checks, per example]: gradient steps with an exactly zero input gradient,
+steps with a non-finite loss or gradient, and ``guard_broken``: a point that every gradient
+phase left robust but the gradient-free guard broke (the classic symptom of gradient masking).
+Model level: ``randomized`` when two clean forward passes differ.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from pyautoattack.square import SquareAttack
+from torch import Tensor, nn
+
+from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
+from tmifpe.attacks.autoattack_runner import SNAP_TOL, match_rows
+from tmifpe.attacks.pgd import attack_targets
+from tmifpe.attacks.projection import linf_box, project
+from tmifpe.attacks.runs import PGDResult, batch_seed
+from tmifpe.losses import LossName, get_loss, parse_loss
+from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.verify import Verdict, in_threat_model, verify
+
+SCALED_LOSSES = (LossName.MIFPE, LossName.TMIFPE)  # APGD judges them by the margin
+GUARD = "square"  # name of the guard phase in ``broken_by``
+
+
+class Kind(str, enum.Enum):
+    UNTARGETED = "untargeted"
+    TARGETED = "targeted"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One gradient phase: APGD with ``loss`` for ``steps`` iterations, ``restarts`` runs
+    (each on the survivors), targeted on ``n_targets`` clean-ranked classes if TARGETED."""
+
+    kind: Kind
+    steps: int
+    loss: str = "tmifpe"
+    n_targets: int = 0
+    restarts: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        parse_loss(self.loss)
+        if self.steps < 1:
+            raise ValueError(f"phase steps must be >= 1, got {self.steps}")
+        if self.restarts < 1:
+            raise ValueError(f"phase restarts must be >= 1, got {self.restarts}")
+        if (self.kind is Kind.TARGETED) != (self.n_targets > 0):
+            raise ValueError(f"a targeted phase needs n_targets >= 1 and an untargeted one 0, "
+                             f"got {self.kind.value} with n_targets={self.n_targets}")
+
+    @property
+    def name(self) -> str:
+        tail = f"-t{self.n_targets}" if self.kind is Kind.TARGETED else ""
+        rs = f"x{self.restarts}" if self.restarts > 1 else ""
+        return f"{self.loss}-{self.kind.value[0]}{self.steps}{tail}{rs}"
+
+    @property
+    def progress(self) -> Progress:
+        return Progress.MARGIN if parse_loss(self.loss) in SCALED_LOSSES else Progress.LOSS
+
+
+# The preset (docs/fast.md: measured on the tuning split, benchmarks/fast_preset.py).
+PRESET_PHASES: tuple[Phase, ...] = (
+    Phase(Kind.UNTARGETED, steps=50, restarts=2),  # the restart runs on the survivors only
+    Phase(Kind.TARGETED, steps=20, n_targets=3),
+)
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    eps: float
+    phases: tuple[Phase, ...] = PRESET_PHASES
+    guard_queries: int = 100  # Square queries per surviving point; 0 disables the guard
+    guard_p_init: float = 0.8  # Square's initial square size fraction (AutoAttack's value)
+    tstar_rule: str = "coef"
+    batch_size: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eps <= 1.0:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if not self.phases:
+            raise ValueError("the preset needs at least one gradient phase")
+        if self.guard_queries < 0:
+            raise ValueError(f"guard_queries must be >= 0, got {self.guard_queries}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def name(self) -> str:
+        guard = f"+sq{self.guard_queries}" if self.guard_queries else ""
+        return "+".join(p.name for p in self.phases) + guard
+
+
+@dataclass(frozen=True)
+class FastResult:
+    """Per-example outcome (tensors of leading dim N, CPU) of :func:`run_fast`."""
+
+    x_adv: Tensor  # (N, ...) float32: first verified breaking point, else the clean point
+    success: Tensor  # (N,) bool: clean-correct and broken (fp32 verdict of the phase)
+    clean_correct: Tensor  # (N,) bool, fp32 clean pass
+    broken_by: list[str]  # phase name (or "square") that broke the point; "" otherwise
+    n_forward: Tensor  # (N,) int64, gradient-phase forward passes
+    n_backward: Tensor  # (N,) int64
+    n_queries: Tensor  # (N,) int64, guard queries
+    n_verify: Tensor  # (N,) int64, fp32 verification forwards (one per phase attended)
+    zero_grad_steps: Tensor  # (N,) int64
+    nonfinite_steps: Tensor  # (N,) int64
+    guard_broken: Tensor  # (N,) bool: survived every gradient phase, broken by the guard
+    randomized: bool  # two clean forward passes differed (model level)
+    verdict: Verdict  # final fp32/fp64 verification of x_adv
+
+    @property
+    def passes(self) -> Tensor:
+        """Forward + backward passes per example, counted like the cells and the AA runner."""
+        return self.n_forward + self.n_backward + self.n_queries + self.n_verify
+
+    @property
+    def flag_zero_grad(self) -> Tensor:
+        return self.zero_grad_steps > 0
+
+    @property
+    def flag_nonfinite(self) -> Tensor:
+        return self.nonfinite_steps > 0
+
+
+def run_fast(model: nn.Module, x: Tensor, y: Tensor, config: FastConfig) -> FastResult:
+    """The ``fast`` preset on float32 ``x`` in [0,1] (module docstring); ``model`` float32,
+    eval mode. Batches of ``config.batch_size``; batch b draws its random starts from
+    :func:`tmifpe.attacks.runs.batch_seed`, so equal inputs give equal results on CPU."""
+    if x.dtype != torch.float32 or y.dtype != torch.int64 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"need float32 x and int64 y of equal length, got {x.dtype} "
+                         f"{tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+    ref32 = PrecisionModel(model, Precision.FP32)
+    ref64 = PrecisionModel(model, Precision.FP64)
+    parts = [_run_batch(ref32, ref64, x[s : s + config.batch_size], y[s : s + config.batch_size],
+                        config, b)
+             for b, s in enumerate(range(0, x.shape[0], config.batch_size))]
+    return _concat(parts)
+
+
+def _run_batch(ref32: PrecisionModel, ref64: PrecisionModel, x: Tensor, y: Tensor,
+               cfg: FastConfig, batch: int) -> FastResult:
+    n = x.shape[0]
+    with torch.no_grad():
+        clean = ref32(x)
+        randomized = not torch.equal(clean, ref32(x))
+    correct = (clean.argmax(dim=1) == y).cpu()
+    alive = correct.clone()  # clean-correct and not yet (verified) broken
+    x_adv = x.detach().cpu().clone()
+    broken_by = [""] * n
+
+    def z() -> Tensor:
+        return torch.zeros(n, dtype=torch.int64)
+
+    fwd, bwd, queries, n_ver, zero, nonfin = z(), z(), z(), z(), z(), z()
+    gen = torch.Generator().manual_seed(batch_seed(cfg.seed, False, batch))
+    for phase in cfg.phases:
+        if not bool(alive.any()):
+            break
+        res = _run_phase(ref32, x, y, clean, alive, phase, cfg, gen)
+        fwd += res.n_forward
+        bwd += res.n_backward
+        zero += res.zero_grad_steps
+        nonfin += res.nonfinite_steps
+        _accept(ref32, x, y, res.x_adv, alive, n_ver, x_adv, broken_by, phase.name, cfg.eps)
+    survivors = alive.clone()
+    if cfg.guard_queries > 0 and bool(alive.any()):
+        adv_sq = square_guard(ref32, x, y, alive, cfg, queries)
+        _accept(ref32, x, y, adv_sq, alive, n_ver, x_adv, broken_by, GUARD, cfg.eps)
+    verdict = verify(ref32, ref64, x, x_adv.to(x.device), y, cfg.eps)
+    success = correct & ~alive
+    return FastResult(x_adv, success, correct, broken_by, fwd, bwd, queries, n_ver, zero, nonfin,
+                      survivors & ~alive, randomized, _cpu_verdict(verdict))
+
+
+def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive: Tensor,
+               phase: Phase, cfg: FastConfig, gen: torch.Generator) -> PGDResult:
+    targeted = phase.kind is Kind.TARGETED
+    targets = attack_targets(clean, phase.n_targets) if targeted else None
+    acfg = APGDConfig(eps=cfg.eps, steps=phase.steps, restarts=phase.restarts, targeted=targeted,
+                      n_targets=max(phase.n_targets, 1), progress=phase.progress, seed=cfg.seed)
+    loss = get_loss(phase.loss, tstar_rule=cfg.tstar_rule)
+    return run_apgd(model, x, y, loss, acfg, attack_mask=alive.clone(), targets=targets,
+                    generator=gen)
+
+
+def _accept(ref32: PrecisionModel, x: Tensor, y: Tensor, cand: Tensor, alive: Tensor,
+            n_ver: Tensor, x_adv: Tensor, broken_by: list[str], name: str, eps: float) -> None:
+    """Fresh fp32 check of the candidates of the ``alive`` rows; broken ones leave ``alive``
+    (updated in place with ``n_ver``, ``x_adv``, ``broken_by``)."""
+    idx = alive.nonzero().squeeze(1)
+    dev_idx = idx.to(x.device)
+    xc = cand[idx].to(x.device)
+    with torch.no_grad():
+        pred = ref32(xc).argmax(dim=1)
+    ok = (in_threat_model(x[dev_idx], xc, eps) & (pred != y[dev_idx])).cpu()
+    n_ver[idx] += 1
+    rows = idx[ok]
+    alive[rows] = False
+    x_adv[rows] = xc[ok].cpu()
+    for r in rows.tolist():
+        broken_by[r] = name
+
+
+class _QueryCounter(nn.Module):
+    """Forwards to ``model`` and charges each row of a call to its nearest clean point."""
+
+    def __init__(self, model: nn.Module, clean: Tensor, index: Tensor, counts: Tensor) -> None:
+        super().__init__()
+        self.model, self.clean, self.index, self.counts = model, clean, index, counts
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > 0:
+            rows = self.index[match_rows(x.detach(), self.clean).cpu()]
+            self.counts.index_add_(0, rows, torch.ones_like(rows))
+        return self.model(x)
+
+
+def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg: FastConfig,
+                 queries: Tensor) -> Tensor:
+    """[Andriushchenko et al. 2020, via pyautoattack] Square (l∞, margin loss) with
+    ``cfg.guard_queries`` queries on the ``alive`` rows; returns candidates (N, ...) on the CPU
+    (clean points elsewhere); adds the queries per example to ``queries`` in place. The
+    caller's CPU RNG state is restored (Square reseeds the global generator)."""
+    idx = alive.nonzero().squeeze(1)
+    xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
+    counter = _QueryCounter(model, xs, idx, queries)
+    sq = SquareAttack(counter, norm="Linf", n_queries=cfg.guard_queries, eps=cfg.eps,
+                      p_init=cfg.guard_p_init, n_restarts=1, seed=cfg.seed, loss="margin",
+                      resc_schedule=True, device=x.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        adv = sq.perturb(xs.clone(), ys.clone()).detach().float()
+    # Square computes x ± eps in float32, which can round outward (0.2 is no float32 number):
+    # like the AA runner, a violation <= SNAP_TOL is projected onto the exact ball; larger ones
+    # stay and are rejected by the verification.
+    lo, hi = linf_box(xs, cfg.eps)
+    over = torch.maximum(lo - adv, adv - hi).flatten(1).amax(dim=1)
+    fix = ((over > 0) & (over <= SNAP_TOL)).view(-1, *[1] * (adv.dim() - 1))
+    out = x.detach().cpu().clone()
+    out[idx] = torch.where(fix, project(adv, lo, hi), adv).cpu()
+    return out
+
+
+def _cpu_verdict(v: Verdict) -> Verdict:
+    return Verdict(*(t.cpu() for t in (v.valid, v.pred_fp32, v.pred_fp64, v.margin_fp32,
+                                       v.margin_fp64, v.nonfinite_logits)))
+
+
+def _concat(parts: list[FastResult]) -> FastResult:
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> Tensor:
+        return torch.cat([getattr(p, name) for p in parts])
+
+    tensors = ("x_adv", "success", "clean_correct", "n_forward", "n_backward", "n_queries",
+               "n_verify", "zero_grad_steps", "nonfinite_steps", "guard_broken")
+    verdict = Verdict(*(torch.cat([getattr(p.verdict, f) for p in parts])
+                        for f in ("valid", "pred_fp32", "pred_fp64", "margin_fp32",
+                                  "margin_fp64", "nonfinite_logits")))
+    kw = {name: cat(name) for name in tensors}
+    return FastResult(broken_by=[b for p in parts for b in p.broken_by],
+                      randomized=any(p.randomized for p in parts), verdict=verdict, **kw)

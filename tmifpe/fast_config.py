@@ -1,0 +1,61 @@
+"""The ``fast:`` section of a suite in params.yaml: the fast preset and its tuning split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tmifpe.attacks.fast import FastConfig, Kind, Phase
+from tmifpe.losses import LossName
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FastPhaseParams(_Frozen):
+    kind: Literal["untargeted", "targeted"]
+    steps: int = Field(ge=1)
+    loss: LossName = LossName.TMIFPE
+    n_targets: int = Field(ge=0, le=99)
+    restarts: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _targets(self) -> FastPhaseParams:
+        if (self.kind == "targeted") != (self.n_targets > 0):
+            raise ValueError(f"a targeted phase needs n_targets >= 1 and an untargeted one 0, "
+                             f"got {self.kind} with n_targets={self.n_targets}")
+        return self
+
+    def phase(self) -> Phase:
+        return Phase(Kind(self.kind), self.steps, self.loss.value, self.n_targets, self.restarts)
+
+
+class FastParams(_Frozen):
+    """The preset's phases and guard, and the deterministic tuning/held-out split of the points:
+    a permutation of the example indices drawn with ``split_seed``, its first
+    ``round(tuning_fraction·N)`` entries are the tuning split."""
+
+    # no defaults: every setting that changes results is written in the suite file
+    phases: list[FastPhaseParams] = Field(min_length=1)
+    guard_queries: int = Field(ge=0)
+    guard_p_init: float = Field(gt=0.0, le=1.0)
+    split_seed: int
+    tuning_fraction: float = Field(gt=0.0, lt=1.0)
+    tstar_rule: str  # T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar)
+    batch_size: int = Field(ge=1)
+    seed: int
+
+    @field_validator("tstar_rule")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        if v not in PHASE23_RULES:
+            raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
+        return v
+
+    def config(self, eps: float) -> FastConfig:
+        return FastConfig(eps=eps, phases=tuple(p.phase() for p in self.phases),
+                          guard_queries=self.guard_queries, guard_p_init=self.guard_p_init,
+                          tstar_rule=self.tstar_rule, batch_size=self.batch_size, seed=self.seed)
