@@ -179,6 +179,7 @@ def stage_dir(tmp_path_factory, digits):
         "models": ["digits_m"], "losses": ["ce", "tmifpe"], "budgets": [20],
         "precisions": {"fp32": {"n_targets": 2}},
         "attack": {"batch_size": 25, "tstar_rule": "coef", "seed": 0},
+        "ablations": {"budgets": list(BUDGETS), "precisions": ["fp32"]},
     }
     write_params(root / "params.yaml", suite)
     save_tensors({"x_train": digits.x_train, "y_train": digits.y_train,

@@ -84,7 +84,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / name, repo / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     # the default suite of this copy is TINY, so that `dvc exp run` composes it
     (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
@@ -95,6 +95,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _dvc(repo, "init", "-q")
     _dvc(repo, "config", "core.analytics", "false")
     _dvc(repo, "config", "hydra.enabled", "true")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-q", "-m", "sources")
     return repo
 
 
@@ -105,8 +107,12 @@ def test_cold_repro_runs_every_stage_then_nothing(repo: Path) -> None:
     assert {"attack@digits_std-ce-5", "attack@digits_std-tmifpe-5", "aggregate", "report"} <= stages
     second = _dvc(repo, "repro")
     assert _ran(second) == set()
-    status = _dvc(repo, "status")
-    assert "up to date" in status.stdout.lower()
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+    # git sees only the lock and the uncached outputs (the report holds wall-clock times)
+    porcelain = _run(repo, "git", "status", "--porcelain", "--untracked-files=all").stdout
+    assert {line[3:] for line in porcelain.splitlines()} == {
+        "dvc.lock", "results/metrics.json", "reports/index.html", "reports/tables.tex",
+        "reports/tables_standalone.tex"}, porcelain
     frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b5.parquet")
     assert set(frame["precision"]) == {"bf16", "fp32"}
     assert set(frame["targeted"]) == {False, True}
@@ -210,7 +216,6 @@ def test_exp_run_set_param_runs_only_the_new_cells(repo: Path) -> None:
     """`dvc exp run -S` (Hydra composition of params.yaml) adds budget 2: only its cells and the
     summaries run, and `dvc params diff` shows the suite change once."""
     _dvc(repo, "repro")
-    (repo / ".gitignore").write_text("/.tmifpe-work/\n")
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "tiny grid")
     before = (repo / "params.yaml").read_text()
