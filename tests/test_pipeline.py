@@ -112,7 +112,8 @@ def test_cold_repro_runs_every_stage_then_nothing(repo: Path) -> None:
     porcelain = _run(repo, "git", "status", "--porcelain", "--untracked-files=all").stdout
     assert {line[3:] for line in porcelain.splitlines()} == {
         "dvc.lock", "results/metrics.json", "reports/index.html", "reports/tables.tex",
-        "reports/tables_standalone.tex"}, porcelain
+        "reports/tables_standalone.tex", "reports/figures/iterations.pdf",
+        "reports/figures/precision.pdf", "reports/figures/cost.pdf"}, porcelain
     frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b5.parquet")
     assert set(frame["precision"]) == {"bf16", "fp32"}
     assert set(frame["targeted"]) == {False, True}
