@@ -191,6 +191,27 @@ def test_vs_autoattack_on_a_handful_of_points(model_files, tmp_path):
     assert all(summary[k] == v for k, v in again.items())
 
 
+def test_fast_preset_with_autoattack(model_files, tmp_path):
+    """`--attack fast`: per-example rows in the fast stage's schema, and a summary whose
+    accuracies, gap and pass ratio are those of the two per-example files."""
+    out = tmp_path / "fast"
+    res = invoke("evaluate", "--model", model_files / "cnn.ts", "--dataset", "digits",
+                 "--n-examples", "8", "--attack", "fast", "--vs-autoattack", "--out", out)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    frame = pl.read_parquet(out / "examples.parquet")
+    aa = pl.read_parquet(out / "autoattack.parquet")
+    assert frame.height == aa.height == 8 and summary["attack"] == "fast"
+    assert summary["robust_acc"] == pytest.approx(frame["robust_fp32"].cast(pl.Float64).mean())
+    assert summary["gap_vs_aa_pts"] == pytest.approx(
+        100 * (summary["robust_acc"] - aa["robust_fp32"].cast(pl.Float64).mean()))
+    aa_passes = (2 * aa["n_grad"] + aa["n_queries"]).cast(pl.Float64).mean()
+    assert summary["pass_ratio"] == pytest.approx(frame["passes"].cast(pl.Float64).mean()
+                                                  / aa_passes)
+    assert (frame["success"] == ~frame["robust_fp32"] & frame["clean_correct"]).all()
+    assert "fast preset" in res.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "missing/model.pt", "--dataset", "digits"], "model file missing/model.pt"),
     (["--model", "no_such_pkg.mod:make", "--dataset", "digits"], "cannot import 'no_such_pkg.mod'"),

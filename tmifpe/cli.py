@@ -38,6 +38,7 @@ class Attack(str, enum.Enum):
     """Attack presets of ``evaluate`` (``pgd``: the suite's PGD engine with the chosen loss)."""
 
     PGD = "pgd"
+    FAST = "fast"  # the fast preset (tmifpe/attacks/fast.py, docs/fast.md); ignores --loss etc.
 
 
 class LossOpt(str, enum.Enum):
@@ -201,6 +202,8 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
     if vs_autoattack and ctx["n_classes"] < 4:
         raise ValueError(f"--vs-autoattack needs a model with >= 4 classes (targeted DLR), "
                          f"--model has {ctx['n_classes']}")
+    if attack is Attack.FAST:
+        return _run_fast(ctx, vs_autoattack, seed, batch_size)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     from rich.console import Console
@@ -225,6 +228,57 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
         write_parquet(aa[0], out / "autoattack.parquet")
     write_json(summary, out / "summary.json")
     return summary
+
+
+def _run_fast(ctx: dict[str, Any], vs_autoattack: bool, seed: int,
+              batch_size: int) -> dict[str, Any]:
+    """``--attack fast``: the preset on every point (schema of results/fast/, docs/fast.md);
+    summary with the same cost units as PGD (passes) and, with AutoAttack, the preset's gap."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tmifpe.atomic import write_json, write_parquet
+    from tmifpe.attacks.fast import FastConfig
+    from tmifpe.fast_cell import evaluate_rows
+
+    data, net, out, dev = ctx["data"], ctx["model"], ctx["out"], ctx["device"]
+    config = FastConfig(eps=ctx["eps"], seed=seed, batch_size=batch_size)
+    meta = {"suite": "evaluate", "dataset": data.name, "model": ctx["spec"].name}
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        bar.add_task(f"fast preset {config.name}", total=None)
+        t0 = time.perf_counter()
+        frame = evaluate_rows(net.to(dev), data.x.to(dev), data.y.to(dev), config, meta)
+        wall = time.perf_counter() - t0
+        aa = _autoattack(ctx, seed, batch_size, bar) if vs_autoattack else None
+    s: dict[str, Any] = {
+        "model": meta["model"], "dataset": meta["dataset"], "n_examples": frame.height,
+        "attack": "fast", "preset": config.name, "eps": ctx["eps"], "seed": seed,
+        "clean_acc": frame["clean_correct"].mean(), "robust_acc": frame["robust_fp32"].mean(),
+        "robust_acc_fp64": frame["robust_fp64"].mean(),
+        "n_invalid": int((frame["success"] & ~frame["valid"]).sum()),
+        "guard_broken": int(frame["guard_broken"].sum()),
+        "flag_zero_grad": int(frame["flag_zero_grad"].sum()),
+        "flag_nonfinite": int(frame["flag_nonfinite"].sum()),
+        "cost": {"passes_per_point": frame["passes"].mean(), "wall_time_s": round(wall, 4)},
+        "model_spec": ctx["spec"].value, "dataset_spec": ctx["dataset_arg"],
+        "schema": "docs/fast.md",
+    }
+    if aa is not None:
+        aa_frame, aa_wall = aa
+        aa_passes = aa_frame.select((2 * aa_frame["n_grad"] + aa_frame["n_queries"]).mean()).item()
+        s["autoattack_robust_acc"] = aa_frame["robust_fp32"].mean()
+        s["autoattack_clean_acc"] = aa_frame["clean_correct"].mean()
+        s["autoattack_cost"] = {"passes_per_point": aa_passes, "wall_time_s": round(aa_wall, 4)}
+        s["gap_vs_aa_pts"] = 100 * (s["robust_acc"] - s["autoattack_robust_acc"])
+        s["pass_ratio"] = s["cost"]["passes_per_point"] / aa_passes if aa_passes else None
+        s["time_ratio"] = wall / aa_wall if aa_wall else None
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(frame, out / "examples.parquet")
+    if aa is not None:
+        write_parquet(aa[0], out / "autoattack.parquet")
+    write_json(s, out / "summary.json")
+    return s
 
 
 def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tuple[Any, float]:
@@ -309,8 +363,12 @@ def _print_summary(s: dict[str, Any]) -> None:
                     f"{s['eps']:.6g})")
     for col in ("attack", "clean acc", "robust acc", "passes / point", "wall time"):
         t.add_column(col, justify="left" if col == "attack" else "right")
-    kind = f"targeted x{s['targets']}" if s["targets"] else "untargeted"
-    t.add_row(f"PGD {s['loss']} {s['precision']} budget {s['budget']} ({kind})",
+    if s["attack"] == "fast":
+        name = f"fast preset {s['preset']}"
+    else:
+        kind = f"targeted x{s['targets']}" if s["targets"] else "untargeted"
+        name = f"PGD {s['loss']} {s['precision']} budget {s['budget']} ({kind})"
+    t.add_row(name,
               f"{100 * s['clean_acc']:.2f} %", f"{100 * s['robust_acc']:.2f} %",
               f"{s['cost']['passes_per_point']:.1f}", f"{s['cost']['wall_time_s']:.2f} s")
     if "autoattack_robust_acc" in s:

@@ -15,10 +15,15 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# The loss packages dvc.yaml's `fast` stage depends on: a phase may use only these, so a change
+# to another loss never re-runs the preset, and a phase using another loss cannot go unnoticed.
+FAST_STAGE_LOSSES = (LossName.TMIFPE,)
+
+
 class FastPhaseParams(_Frozen):
     kind: Literal["untargeted", "targeted"]
     steps: int = Field(ge=1)
-    loss: LossName = LossName.TMIFPE
+    loss: LossName  # only the losses of FAST_STAGE_LOSSES: the fast stage depends on those
     n_targets: int = Field(ge=0, le=99)
     restarts: int = Field(ge=1)
 
@@ -27,6 +32,10 @@ class FastPhaseParams(_Frozen):
         if (self.kind == "targeted") != (self.n_targets > 0):
             raise ValueError(f"a targeted phase needs n_targets >= 1 and an untargeted one 0, "
                              f"got {self.kind} with n_targets={self.n_targets}")
+        if self.loss not in FAST_STAGE_LOSSES:
+            allowed = ", ".join(name.value for name in FAST_STAGE_LOSSES)
+            raise ValueError(f"loss {self.loss.value!r}: the fast stage depends only on the loss "
+                             f"packages {allowed} (dvc.yaml); add its package there first")
         return self
 
     def phase(self) -> Phase:
