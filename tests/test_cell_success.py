@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from suite_support import complete
 
 from tmifpe.aggregate.schema import CELL_SCHEMA
 from tmifpe.cell import CellSpec, run_attack_cell
@@ -22,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cell_columns_no_false_success_and_determinism(tmp_path, monkeypatch, digits):
-    suite = parse_suite({
+    suite = parse_suite(complete({
         "name": "tiny", "threads": 1,
         "datasets": {"digits": {"source": "digits", "n_examples": 40, "eps": 0.2}},
         "model_zoo": {"tiny_std": {"source": "trained", "dataset": "digits", "seed": 0}},
         "models": ["tiny_std"], "losses": ["ce"], "budgets": [4],
         "precisions": {"bf16": {"n_targets": 1}, "fp32": {"n_targets": 1}},
         "attack": {"batch_size": 20, "seed": 0},
-    })
+    }))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tmifpe").symlink_to(ROOT / "tmifpe")  # the cell key hashes its source files
     data = tmp_path / "data" / "eval" / "digits.pt"
