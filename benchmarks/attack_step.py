@@ -31,12 +31,12 @@ from rich.table import Table
 from torch import Tensor, nn
 
 import tmifpe
-from tmifpe.atomic import write_json
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.losses import LossName, get_loss
 from tmifpe.losses.tmifpe.tstar import optimal_t
 from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
 from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.atomic import write_json
 from tmifpe.precision import Precision, PrecisionModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def load_digits() -> tuple[nn.Module, Tensor, Tensor, str]:
         tensors = torch.load(data, weights_only=True, map_location="cpu")
         return model.eval(), tensors["x_test"], tensors["y_test"], str(ckpt.relative_to(ROOT))
     from tmifpe.data.digits import digits_split
-    from tmifpe.train import TrainConfig, train_model
+    from tmifpe.pipeline.train import TrainConfig, train_model
 
     split = digits_split(test_size=0.2, seed=0)
     with torch.random.fork_rng():

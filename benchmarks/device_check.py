@@ -36,9 +36,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from tmifpe.atomic import write_json
 from tmifpe.losses import get_loss
 from tmifpe.losses.tmifpe.tstar import gap_thresholds
+from tmifpe.pipeline.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,

@@ -27,12 +27,12 @@ from rich.table import Table
 
 from tmifpe.aggregate.fast import fast_files, fast_table, load_fast
 from tmifpe.aggregate.inputs import load_autoattack, load_timings
-from tmifpe.atomic import write_json
 from tmifpe.attacks.fast import FastConfig, Kind, Phase, run_fast
-from tmifpe.config import load_params
 from tmifpe.data.sources import load_tensors
-from tmifpe.fast_cell import tuning_mask
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.atomic import write_json
+from tmifpe.pipeline.config import load_params
+from tmifpe.pipeline.fast_cell import tuning_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 U, T = Kind.UNTARGETED, Kind.TARGETED

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tmifpe.atomic import write_json
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.losses import get_loss
+from tmifpe.pipeline.atomic import write_json
 from tmifpe.precision import Precision, PrecisionModel
 
 ROOT = Path(__file__).resolve().parents[1]

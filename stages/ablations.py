@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from tmifpe.ablations import run_ablations
-from tmifpe.config import SuiteParams
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.ablations import run_ablations
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.stage_support import run_stage
 
 OUT_DIR = Path("results/ablations")
 

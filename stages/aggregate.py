@@ -8,10 +8,10 @@ import typer
 
 from tmifpe.aggregate import aggregate, metrics_json, write_aggregates
 from tmifpe.aggregate.fast import fast_files
-from tmifpe.atomic import write_json
-from tmifpe.config import SuiteParams
-from tmifpe.grid import grid_files, leaderboard, robustbench_ids
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.atomic import write_json
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.grid import grid_files, leaderboard, robustbench_ids
+from tmifpe.pipeline.stage_support import run_stage
 
 
 def main() -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from tmifpe.cell import CellSpec, run_attack_cell
-from tmifpe.config import SuiteParams
 from tmifpe.losses import parse_loss
-from tmifpe.model_stage import model_files
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.cell import CellSpec, run_attack_cell
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.model_stage import model_files
+from tmifpe.pipeline.stage_support import run_stage
 
 
 def main(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import build_dataset, save_tensors
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.stage_support import run_stage
 
 
 def main(dataset: str = typer.Option(..., help="dataset key of the active suite")) -> None:

@@ -13,8 +13,6 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from tmifpe.atomic import write_json, write_parquet
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.diagnostics import OUT_DIR, output_paths
 from tmifpe.diagnostics.gradient_error import (
@@ -27,6 +25,8 @@ from tmifpe.diagnostics.gradient_error import (
     verdicts,
 )
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.atomic import write_json, write_parquet
+from tmifpe.pipeline.config import SuiteParams
 
 
 def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path("data/eval"),
@@ -63,7 +63,7 @@ def main(model: str = typer.Option(..., help="model key of the active suite")) -
                             for v in doc["verdicts"])
         print(f"diagnostics {model}: {time.perf_counter() - t0:.1f} s; {summary}")
 
-    from tmifpe.stage_support import run_stage
+    from tmifpe.pipeline.stage_support import run_stage
 
     run_stage(body)
 

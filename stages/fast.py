@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from tmifpe.config import SuiteParams
-from tmifpe.fast_cell import run_fast_cell
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.fast_cell import run_fast_cell
+from tmifpe.pipeline.stage_support import run_stage
 
 
 def main(model: str = typer.Option(..., help="model key of the active suite")) -> None:

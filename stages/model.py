@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from tmifpe.config import SuiteParams
-from tmifpe.model_stage import prepare_model
-from tmifpe.stage_support import run_stage
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.model_stage import prepare_model
+from tmifpe.pipeline.stage_support import run_stage
 
 
 def main(model: str = typer.Option(..., help="model key of the active suite")) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import typer
 
-from tmifpe.config import SuiteParams
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.stage_support import run_stage
 from tmifpe.report.build import build_report
-from tmifpe.stage_support import run_stage
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from tmifpe.data.digits import Split, digits_split
 from tmifpe.models.small_cnn import SmallCNN
-from tmifpe.train import TrainConfig, train_model
+from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.verify import in_threat_model
 
 

@@ -1,7 +1,7 @@
 """Small suites for tests: complete a partial suite mapping with explicit test values, and write
 params.yaml as DVC's Hydra composition would (``suite`` + the derived ``grid``).
 
-The product has no defaults for settings that change results (tmifpe/config.py); tests keep
+The product has no defaults for settings that change results (tmifpe/pipeline/config.py); tests keep
 their fixtures short by naming only what they vary, and this fills the rest, explicitly.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tmifpe.suite_grid import derive_grid
+from tmifpe.pipeline.suite_grid import derive_grid
 
 TOP = {"device": "cpu", "threads": 1, "hash_seed": 0, "data_dir": "data/raw"}
 ATTACK = {"schedule": "cosine", "momentum": 0.75, "restarts": 1, "batch_size": 500,

@@ -12,7 +12,12 @@ import pytest
 import torch
 from suite_support import write_params
 
-from tmifpe.ablations import (
+from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
+from tmifpe.data.sources import save_tensors
+from tmifpe.losses.tmifpe.loss import tmifpe_loss
+from tmifpe.losses.tmifpe.tstar import attack_phase, gap_thresholds, optimal_t
+from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.ablations import (
     BUDGETS,
     NA,
     Variant,
@@ -21,15 +26,10 @@ from tmifpe.ablations import (
     variant_loss,
     variants,
 )
-from tmifpe.ablations_report import tables
-from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
-from tmifpe.data.sources import save_tensors
-from tmifpe.losses.tmifpe.loss import tmifpe_loss
-from tmifpe.losses.tmifpe.tstar import attack_phase, gap_thresholds, optimal_t
-from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.report.ablations import tables
 from tmifpe.report.detail import Table
-from tmifpe.train import TrainConfig, train_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

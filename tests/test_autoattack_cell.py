@@ -7,8 +7,8 @@ from pathlib import Path
 
 from suite_support import complete
 
-from tmifpe.autoattack_cell import SOURCE_FILES, resume_key
-from tmifpe.config import parse_suite
+from tmifpe.pipeline.autoattack_cell import SOURCE_FILES, resume_key
+from tmifpe.pipeline.config import parse_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

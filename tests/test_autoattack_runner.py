@@ -20,8 +20,8 @@ from tmifpe.attacks.autoattack_runner import (
 )
 from tmifpe.data.digits import digits_split
 from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.train import TrainConfig, train_model
 from tmifpe.verify import in_threat_model, verify
 
 EPS = 0.1

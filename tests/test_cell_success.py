@@ -12,11 +12,11 @@ import torch
 from suite_support import complete
 
 from tmifpe.aggregate.schema import CELL_SCHEMA
-from tmifpe.cell import CellSpec, run_attack_cell
-from tmifpe.config import parse_suite
 from tmifpe.data.sources import save_tensors
 from tmifpe.losses import LossName
 from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.cell import CellSpec, run_attack_cell
+from tmifpe.pipeline.config import parse_suite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]

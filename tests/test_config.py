@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tmifpe.config import ParamsError, load_params, parse_suite
+from tmifpe.pipeline.config import ParamsError, load_params, parse_suite
+from tmifpe.pipeline.suite_grid import PRECISION_ORDER, derive_grid
 from tmifpe.precision import Precision
-from tmifpe.suite_grid import PRECISION_ORDER, derive_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from stages.diagnostics import run_diagnostics
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
-from tmifpe.config import parse_suite
 from tmifpe.data.sources import save_tensors
 from tmifpe.diagnostics import (
     TStarRecorder,
@@ -30,6 +29,7 @@ from tmifpe.losses import get_loss
 from tmifpe.losses.scaling import scale_logits
 from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.config import parse_suite
 from tmifpe.precision import Precision, PrecisionModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")

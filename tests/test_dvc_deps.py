@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tmifpe.cell import cell_source_files
-from tmifpe.config import load_params, parse_suite
 from tmifpe.losses import LOSSES, LossName
-from tmifpe.suite_grid import derive_grid
+from tmifpe.pipeline.cell import cell_source_files
+from tmifpe.pipeline.config import load_params, parse_suite
+from tmifpe.pipeline.suite_grid import derive_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 # Files an attack cell runs besides the engine and its loss (cell_source_files): the stage entry
 # point, the model loader, and the runtime settings (threads, kernels, hash seed).
-ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/runtime.py",
-                      "tmifpe/stage_support.py"}
+ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/pipeline/runtime.py",
+                      "tmifpe/pipeline/stage_support.py"}
 
 
 def test_no_loss_package_imports_another() -> None:

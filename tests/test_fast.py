@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from tmifpe.aggregate import aggregate, metrics_json
 from tmifpe.attacks.fast import FastConfig, Kind, Phase, run_fast
-from tmifpe.fast_cell import HELD_OUT, TUNING, split_labels, tuning_mask
+from tmifpe.pipeline.fast_cell import HELD_OUT, TUNING, split_labels, tuning_mask
 from tmifpe.report import html_report, latex_tables
 from tmifpe.report.fast import fast_section
 from tmifpe.verify import in_threat_model

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from suite_support import write_params
 
-from tmifpe import stage_support
+from tmifpe.pipeline import stage_support
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = {"name": "t", "hash_seed": 7,

@@ -14,7 +14,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tmifpe.config import load_params, parse_suite
+from tmifpe.pipeline.config import load_params, parse_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

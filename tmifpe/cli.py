@@ -141,7 +141,7 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
 
     from tmifpe.data.spec import NAMED, check_dataset_spec, load_eval_set
     from tmifpe.models.spec import check_robustbench_id, load_spec_model, parse_model_spec
-    from tmifpe.runtime import configure, resolve_device
+    from tmifpe.pipeline.runtime import configure, resolve_device
 
     spec = parse_model_spec(model, weights)
     check_dataset_spec(dataset)
@@ -195,7 +195,7 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tmifpe.api import evaluate as run_evaluate
-    from tmifpe.atomic import write_json, write_parquet
+    from tmifpe.pipeline.atomic import write_json, write_parquet
 
     data, net, out = ctx["data"], ctx["model"], ctx["out"]
     n = int(data.y.shape[0])
@@ -237,9 +237,9 @@ def _run_fast(ctx: dict[str, Any], vs_autoattack: bool, seed: int,
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from tmifpe.atomic import write_json, write_parquet
     from tmifpe.attacks.fast import FastConfig
-    from tmifpe.fast_cell import evaluate_rows
+    from tmifpe.pipeline.atomic import write_json, write_parquet
+    from tmifpe.pipeline.fast_cell import evaluate_rows
 
     data, net, out, dev = ctx["data"], ctx["model"], ctx["out"], ctx["device"]
     config = FastConfig(eps=ctx["eps"], seed=seed, batch_size=batch_size)
@@ -385,7 +385,7 @@ def report(
 ) -> None:
     """Render reports/index.html, reports/tables.tex and reports/figures/*.pdf from existing
     aggregate results (what the DVC stage `report` does), in the current folder."""
-    from tmifpe.config import ParamsError, load_params
+    from tmifpe.pipeline.config import ParamsError, load_params
     from tmifpe.report.build import build_report
 
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ RAN = re.compile(r"Running stage '([^']+)'")
 CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 MANIFEST = ".tmifpe-worker-files"  # files copied from the main workspace (stale ones get removed)
 STATE = ".tmifpe-worker.json"  # the cell a worker is running: {"cell", "pid", "started"}
-# resumable work of tmifpe/cell.py and tmifpe/autoattack_cell.py (their WORK_ROOT)
+# resumable work of tmifpe/pipeline/cell.py and tmifpe/pipeline/autoattack_cell.py (their WORK_ROOT)
 CHECKPOINTS = ".tmifpe-work/checkpoints"
 AA_STATE = ".tmifpe-work/autoattack"
 

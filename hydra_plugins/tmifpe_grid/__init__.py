@@ -2,7 +2,7 @@
 
 DVC imports Hydra plugins from ``hydra_plugins/`` under the repository root (its
 ``hydra.plugins_path``, default the root) before composing params.yaml, so this registers the
-resolver for ``dvc exp run``. The derivation is tmifpe/suite_grid.py of this same checkout,
+resolver for ``dvc exp run``. The derivation is tmifpe/pipeline/suite_grid.py of this same checkout,
 loaded by path (an installed tmifpe could be another checkout's).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-_SOURCE = Path(__file__).resolve().parents[2] / "tmifpe" / "suite_grid.py"
+_SOURCE = Path(__file__).resolve().parents[2] / "tmifpe" / "pipeline" / "suite_grid.py"
 
 
 def _derive(suite: DictConfig) -> DictConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tmifpe.config import DatasetParams
+from tmifpe.pipeline.config import DatasetParams
 
 N_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 IMAGE_SHAPE = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.attacks.schedule import Schedule
-from tmifpe.config import SuiteParams
 from tmifpe.losses import LossFn, LossName, get_loss, parse_loss
 from tmifpe.losses.mifpe import MIFPE_T
 from tmifpe.losses.scaling import guarded_gap
@@ -46,6 +45,7 @@ from tmifpe.losses.tmifpe.tstar import (
     nonfinite_rows,
     optimal_t,
 )
+from tmifpe.pipeline.config import SuiteParams
 from tmifpe.precision import Precision, PrecisionModel
 
 # Extra bin edges (raw top-2 gap) besides 0, the thresholds of the measured dtypes and +inf.

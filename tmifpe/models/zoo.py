@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tmifpe.config import ModelParams, SuiteParams
 from tmifpe.data.sources import IMAGE_SHAPE, N_CLASSES
 from tmifpe.models.small_cnn import SmallCNN
+from tmifpe.pipeline.config import ModelParams, SuiteParams
 
 TRAINED_DIR = Path("models")
 

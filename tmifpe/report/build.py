@@ -9,12 +9,12 @@ import polars as pl
 import torch
 
 import tmifpe
-from tmifpe import ablations_report
 from tmifpe.aggregate import TABLE_KEYS
-from tmifpe.config import SuiteParams
 from tmifpe.diagnostics import OUT_DIR as DIAGNOSTICS_DIR
 from tmifpe.diagnostics import output_paths as diagnostics_outputs
 from tmifpe.diagnostics import report as diagnostics_report
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.report import ablations as ablations_report
 from tmifpe.report.html import render_html
 from tmifpe.report.latex import render_latex
 from tmifpe.report.plots import FIGURES_DIR, write_figures

@@ -19,20 +19,20 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LOSSES, LossName, get_loss
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.atomic import write_json, write_parquet
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.progress import Progress
+from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.progress import Progress
-from tmifpe.runtime import resolve_device
 from tmifpe.verify import verify
 
 ENGINE_FILES = (
-    "tmifpe/cell.py",
+    "tmifpe/pipeline/cell.py",
     "tmifpe/attacks/pgd.py",
     "tmifpe/attacks/runs.py",
     "tmifpe/attacks/projection.py",

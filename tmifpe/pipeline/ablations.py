@@ -30,18 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.pgd import PGDConfig, PGDResult, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.atomic import write_json, write_parquet
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.runtime import resolve_device
 from tmifpe.verify import verify
 
 # Iterations per run: two of the default suite's budgets. 100 would be APGD's standard length,
@@ -55,7 +55,7 @@ NA = "-"  # rule / phase_mode / progress of variants they do not apply to
 # Library files whose content determines the ablation results (the stage's DVC deps). CE and
 # T-MIFPE with its real phases come from the registry; the forced phases are recomposed here.
 SOURCE_FILES = (
-    "tmifpe/ablations.py",
+    "tmifpe/pipeline/ablations.py",
     "tmifpe/attacks/apgd.py",
     "tmifpe/attacks/pgd.py",
     "tmifpe/attacks/runs.py",

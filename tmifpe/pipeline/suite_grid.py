@@ -13,8 +13,8 @@ params.yaml next to the suite when DVC composes it (``dvc exp run``, via the Hyd
 - ``precision_settings``: every precision's settings without caps (diagnostics, ablations).
 
 Pure and stdlib-only (the resolver loads this file by path, inside DVC's process);
-``tmifpe.config`` checks a loaded params.yaml against it, so a hand-edited suite with a stale
-grid is an error rather than a silently wrong dependency graph.
+``tmifpe.pipeline.config`` checks a loaded params.yaml against it, so a hand-edited suite with a
+stale grid is an error rather than a silently wrong dependency graph.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def precision_plan(precisions: Mapping[str, Any], budget: int) -> dict[str, dict
 
 def derive_grid(suite: Mapping[str, Any]) -> dict[str, Any]:
     """The grid section for ``suite`` (a raw mapping; tolerant of invalid input, which
-    ``tmifpe.config`` reports with proper messages)."""
+    ``tmifpe.pipeline.config`` reports with proper messages)."""
     zoo = _dict(suite.get("model_zoo"))
     models = [m for m in _list(suite.get("models")) if isinstance(m, str)]
     dataset = {m: _dict(zoo.get(m)).get("dataset") for m in models}

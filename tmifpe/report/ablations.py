@@ -1,4 +1,5 @@
-"""Report tables of the ablations (``results/ablations/<model>.parquet``, see tmifpe.ablations)."""
+"""Report tables of the ablations (``results/ablations/<model>.parquet``; see
+:mod:`tmifpe.pipeline.ablations`)."""
 
 from __future__ import annotations
 

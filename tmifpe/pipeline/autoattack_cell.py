@@ -8,20 +8,20 @@ from pathlib import Path
 
 import polars as pl
 
-from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
-from tmifpe.model_stage import model_files
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.atomic import write_json, write_parquet
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.model_stage import model_files
+from tmifpe.pipeline.progress import Progress
+from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.progress import Progress
-from tmifpe.runtime import resolve_device
 from tmifpe.verify import verify
 
 WORK_ROOT = Path(".tmifpe-work/autoattack")
 # The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
-SOURCE_FILES = ("tmifpe/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
+SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
                 "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",
                 "tmifpe/models/zoo.py")
 

@@ -3,7 +3,7 @@
 The process settings a stage's floats can depend on come from params, not from the caller's
 environment: the hash seed (``suite.hash_seed``: a stage started with another PYTHONHASHSEED
 re-executes itself once with the right one, since Python fixes it at start-up) and the thread
-count and torch kernel flags (``suite.threads``, tmifpe/runtime.py).
+count and torch kernel flags (``suite.threads``, tmifpe/pipeline/runtime.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tmifpe.config import ParamsError, SuiteParams, load_params
-from tmifpe.runtime import configure
+from tmifpe.pipeline.config import ParamsError, SuiteParams, load_params
+from tmifpe.pipeline.runtime import configure
 
 # Errors a user can cause (bad params, missing or corrupt files): message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, ValueError, FileNotFoundError,

@@ -2,7 +2,8 @@
 
 params.yaml is composed by DVC's Hydra integration from ``conf/`` (``dvc exp run``): the chosen
 suite (``conf/suite/<name>.yaml``) under ``suite:`` and the ``grid`` derived from it
-(tmifpe/suite_grid.py), which the stages of dvc.yaml iterate over and depend on item by item.
+(tmifpe/pipeline/suite_grid.py), which the stages of dvc.yaml iterate over and depend on
+item by item.
 ``dvc repro`` reads the committed params.yaml as is. Every setting that changes results is
 required here (no silent defaults DVC could not see). Every problem is reported at once, one
 line each, naming the key, the bad value and what is allowed.
@@ -24,11 +25,11 @@ from pydantic import (
 )
 
 from tmifpe.attacks.schedule import Schedule
-from tmifpe.fast_config import FastParams
 from tmifpe.losses import LossName
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
+from tmifpe.pipeline.fast_config import FastParams
+from tmifpe.pipeline.suite_grid import derive_grid, precision_plan
 from tmifpe.precision import Precision
-from tmifpe.suite_grid import derive_grid, precision_plan
 
 GridKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # `-` would break DVC matrix names
 
@@ -139,7 +140,7 @@ class SuiteParams(_Frozen):
     attack: AttackParams
     autoattack: AutoAttackParams
     ablations: AblationParams
-    fast: FastParams  # the fast preset (tmifpe/fast_config.py)
+    fast: FastParams  # the fast preset (tmifpe/pipeline/fast_config.py)
 
     @field_validator("device")
     @classmethod

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 import tmifpe
-from tmifpe.atomic import write_json
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
+from tmifpe.pipeline.atomic import write_json
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.train import TrainConfig, train_model
 
 
 def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:

@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tmifpe.cell import CellSpec
-from tmifpe.config import SuiteParams
+from tmifpe.pipeline.cell import CellSpec
+from tmifpe.pipeline.config import SuiteParams
 
 
 @dataclass(frozen=True)

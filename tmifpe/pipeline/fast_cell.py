@@ -10,15 +10,15 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from tmifpe.atomic import write_json, write_parquet
 from tmifpe.attacks.fast import FastConfig, FastResult, run_fast
-from tmifpe.config import SuiteParams
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import load_model
-from tmifpe.runtime import resolve_device
+from tmifpe.pipeline.atomic import write_json, write_parquet
+from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.runtime import resolve_device
 
 TUNING, HELD_OUT = "tuning", "held_out"
-SOURCE_FILES = ("stages/fast.py", "tmifpe/fast_cell.py", "tmifpe/fast_config.py",
+SOURCE_FILES = ("stages/fast.py", "tmifpe/pipeline/fast_cell.py", "tmifpe/pipeline/fast_config.py",
                 "tmifpe/attacks/fast.py")
 
 
