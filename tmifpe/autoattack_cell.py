@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,7 @@ from tmifpe.progress import Progress
 from tmifpe.runtime import resolve_device
 from tmifpe.verify import verify
 
-WORK_ROOT = Path(".tmifpe-work/autoattack")
+WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"
 
 
 def run_autoattack_cell(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tmifpe.config import ParamsError, SuiteParams, load_params
+from tmifpe.dispatch.runlog import record_run
 from tmifpe.runtime import configure
 
 # Errors a user can cause (bad params, missing or corrupt files): message, no traceback.
@@ -19,7 +20,9 @@ def run_stage(body: Callable[[SuiteParams], None], params_path: Path = Path("par
     try:
         suite = load_params(params_path)
         configure(suite.threads)
+        record_run("start")
         body(suite)
+        record_run("done")
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
