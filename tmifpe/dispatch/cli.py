@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -76,9 +77,11 @@ def run(
             remote=remote, remote_url=remote_url(repo, remote) if remote else None)
     except (ParamsError, DispatchError) as err:
         _fail(str(err))
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # workers inherit it
     if slurm:
         cluster = slurm_cluster(SlurmOptions(partition, jobs, gpus_per_job, walltime, memory,
                                              account, sys.executable), suite.threads, dashboard)
+        cluster.scale(jobs=jobs)
         use_gpu = gpus_per_job > 0
     elif scheduler:
         cluster, use_gpu = None, gpu

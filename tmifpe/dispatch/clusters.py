@@ -45,13 +45,16 @@ def local_cluster(workers: int, gpus: int, threads: int, dashboard: str = ":8787
 
 
 def slurm_cluster(opts: SlurmOptions, threads: int, dashboard: str = ":8787") -> Any:
-    """One SLURM job per ``gpus_per_job`` GPUs, one worker process per GPU in each job."""
+    """One SLURM job per ``gpus_per_job`` GPUs, one worker process per GPU in each job.
+
+    Not scaled yet: ``cluster.scale(jobs=opts.jobs)`` submits the jobs (``job_script()`` shows
+    what each one runs)."""
     from dask_jobqueue import SLURMCluster
 
     per_job = max(opts.gpus_per_job, 1)
     extra = [f"--gres=gpu:{opts.gpus_per_job}"] if opts.gpus_per_job > 0 else []
     resources = ["--resources", "GPU=1"] if opts.gpus_per_job > 0 else []
-    cluster = SLURMCluster(
+    return SLURMCluster(
         queue=opts.partition, account=opts.account, walltime=opts.walltime,
         cores=per_job, processes=per_job, memory=opts.memory,
         job_cpu=per_job * threads, job_extra_directives=extra,
@@ -60,5 +63,3 @@ def slurm_cluster(opts: SlurmOptions, threads: int, dashboard: str = ":8787") ->
                              f"export MKL_NUM_THREADS={threads}"],
         scheduler_options={"dashboard_address": dashboard},
     )
-    cluster.scale(jobs=opts.jobs)
-    return cluster
