@@ -6,6 +6,10 @@ fp32 only, 40 points in batches of 5 (16 checkpointed units per attack cell), pl
 diagnostics and ablations: 7 tasks, then aggregate and report. Stage runs are counted from the
 project's own run log (`TMIFPE_RUN_LOG`, one line per stage start/end, written by the stage
 processes; a stage restored from DVC's run-cache runs no process and writes none).
+
+SLURM: only the job script dask-jobqueue generates is checked. A real single-node SLURM
+(Debian's slurm-wlm: slurmctld + slurmd + munge as root services) is not started in CI: it is a
+system service setup of its own, not something a test can bring up quickly and reliably here.
 """
 
 from __future__ import annotations
@@ -185,7 +189,8 @@ def test_two_workers_compute_each_stage_once_and_match_sequential(
     before = _status(repo)
     assert set(before) == TASKS | set(FINAL_STAGES)
     assert set(before.values()) == {"changed"}
-    proc = _run(repo, *DISPATCH, "run", "--workers", "2", "--dashboard", ":0")
+    proc = _run(repo, *DISPATCH, "run", "--workers", "2", "--dashboard", ":0",
+                "--keep-workspaces")
     assert "Dask dashboard: http" in proc.stdout
     runs = read_runs(repo / ".tmifpe-work/runs.jsonl")
     # every task computed exactly once, by the workers, in two workspaces
@@ -244,3 +249,31 @@ def test_sigkill_of_a_worker_inside_a_cell_resumes_it_elsewhere(
     assert second.count("(resumed)") >= len(units)
     assert _counts(runs, "done", final=True) == Counter(FINAL_STAGES)
     assert _per_example_files(repo) == sequential
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dispatch")
+def test_without_shared_cache_the_workers_go_through_a_dvc_remote(
+    tmp_path: Path, sequential: dict[str, bytes],
+) -> None:
+    """`--remote`: each workspace has its own DVC cache; stages reach each other (and the final
+    `dvc repro --pull` here) only through the remote's outputs and run-cache entries."""
+    repo = _make_repo(tmp_path / "repo")
+    store = tmp_path / "store"
+    _dvc(repo, "remote", "add", "store", str(store))
+    _run(repo, "git", "commit", "-qam", "remote")
+    origin = tmp_path / "origin.git"  # what the workers clone, as from a git server
+    _run(tmp_path, "git", "clone", "-q", "--bare", str(repo), str(origin))
+    _run(repo, *DISPATCH, "run", "--workers", "2", "--dashboard", ":0", "--remote", "store",
+         "--repo-url", origin.as_uri(), "--keep-workspaces")
+    runs = read_runs(repo / ".tmifpe-work/runs.jsonl")
+    assert _counts(runs, "done") == Counter(TASKS)
+    assert _counts(runs, "done", final=True) == Counter(FINAL_STAGES)
+    caches = [ws / ".dvc/cache" for ws in (repo / ".tmifpe-work/workspaces").iterdir()]
+    assert len(caches) == 2 and all(c.is_dir() for c in caches)  # not the shared one
+    assert _per_example_files(repo) == sequential
+    # uncommitted edits cannot reach workers that clone from a URL: refused before any work
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n")
+    proc = _run(repo, *DISPATCH, "run", "--remote", "store", "--repo-url", origin.as_uri(),
+                check=False)
+    assert proc.returncode == 2 and "uncommitted changes" in proc.stderr

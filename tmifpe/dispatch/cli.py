@@ -62,6 +62,8 @@ def run(
     retries: Annotated[int, typer.Option(help="retries of a task that fails")] = 1,
     finish: Annotated[bool, typer.Option(
         help="run `dvc repro` here at the end (aggregate, report)")] = True,
+    keep_workspaces: Annotated[bool, typer.Option(
+        help="keep the worker workspaces after a successful run")] = False,
     dashboard: Annotated[str, typer.Option(help="Dask dashboard address")] = ":8787",
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
 ) -> None:
@@ -72,7 +74,8 @@ def run(
         tasks = build_tasks(suite)
         work = (work_dir or repo / DEFAULT_WORK).resolve()
         spec = RunSpec(
-            repo=repo_url or str(repo), commit=snapshot(repo), work_dir=str(work),
+            repo=repo_url or str(repo), commit=snapshot(repo, clean=repo_url is not None),
+            work_dir=str(work),
             threads=suite.threads, cache_dir=None if remote else shared_cache(repo),
             remote=remote, remote_url=remote_url(repo, remote) if remote else None)
     except (ParamsError, DispatchError) as err:
@@ -94,7 +97,7 @@ def run(
                f"Dask dashboard: {client.dashboard_link}")
     try:
         out = run_grid(client, tasks, spec, repo, gpu=use_gpu, retries=retries,
-                       finish_here=finish, echo=typer.echo)
+                       finish_here=finish, keep_workspaces=keep_workspaces, echo=typer.echo)
     except DispatchError as err:
         _fail(str(err))
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tmifpe.dispatch.graph import FINAL_STAGES, Task
 from tmifpe.dispatch.runlog import ATTEMPT_ENV, RUN_LOG_ENV, computed, read_runs
-from tmifpe.dispatch.task import WORK_DIR_ENV, RunSpec, run_task
+from tmifpe.dispatch.task import WORK_DIR_ENV, RunSpec, remove_workspace, run_task
 
 PRIORITY = {"autoattack": 1000, "diagnostics": 500, "ablations": 500}  # long stages first
 
@@ -45,9 +45,10 @@ def dvc(repo: Path, *args: str, env: dict[str, str] | None = None,
                           capture_output=capture)
 
 
-def snapshot(repo: Path) -> str:
+def snapshot(repo: Path, *, clean: bool = False) -> str:
     """The commit the workers check out: HEAD, or a snapshot of HEAD plus uncommitted edits
-    of tracked files (``git stash create``, which leaves the working tree alone)."""
+    of tracked files (``git stash create``, which leaves the working tree alone). ``clean``:
+    the workers clone from another URL, which only has pushed commits: edits are an error."""
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=repo, text=True, capture_output=True)
         if proc.returncode != 0:
@@ -59,7 +60,11 @@ def snapshot(repo: Path) -> str:
         shown = ", ".join(untracked[:5]) + (" ..." if len(untracked) > 5 else "")
         raise DispatchError(f"untracked files would be missing in the worker workspaces: {shown} "
                             "(git add them, or list them in .gitignore)")
-    return git("stash", "create") or git("rev-parse", "HEAD")
+    edits = git("stash", "create")
+    if edits and clean:
+        raise DispatchError("uncommitted changes: with --repo-url the workers clone pushed "
+                            "commits only (commit and push first)")
+    return edits or git("rev-parse", "HEAD")
 
 
 def shared_cache(repo: Path) -> str:
@@ -75,7 +80,10 @@ def remote_url(repo: Path, name: str) -> str:
     if proc.returncode != 0 or not proc.stdout.strip():
         raise DispatchError(f"DVC remote {name!r} is not configured here "
                             "(dvc remote add NAME URL; `dvc remote list` shows the known ones)")
-    return proc.stdout.strip()
+    url = proc.stdout.strip()
+    if "://" not in url and not Path(url).is_absolute():  # relative to .dvc/, where DVC keeps it
+        url = str((repo / ".dvc" / url).resolve())
+    return url
 
 
 def submit(client: Any, tasks: list[Task], spec: RunSpec, *, gpu: bool,
@@ -141,12 +149,15 @@ def finish(repo: Path, spec: RunSpec, echo: Callable[[str], None]) -> list[str]:
 
 
 def run_grid(client: Any, tasks: list[Task], spec: RunSpec, repo: Path, *, gpu: bool,
-             retries: int, finish_here: bool, echo: Callable[[str], None]) -> Outcome:
+             retries: int, finish_here: bool, keep_workspaces: bool,
+             echo: Callable[[str], None]) -> Outcome:
     t0 = time.monotonic()
     out = collect(submit(client, tasks, spec, gpu=gpu, retries=retries), echo)
     if out.failed:
         out.seconds = time.monotonic() - t0
         return out
+    if not keep_workspaces:
+        client.run(remove_workspace, spec)
     if finish_here:
         out.final_computed = finish(repo, spec, echo)
     out.seconds = time.monotonic() - t0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -136,11 +137,21 @@ def pinned_gpu(worker: str, visible: str | None) -> str | None:
     return devices[int(match.group(1)) % len(devices)] if match else None
 
 
+def workspace_path(spec: RunSpec, worker: str) -> Path:
+    base = Path(spec.workspaces or Path(spec.work_dir) / "workspaces")
+    return base / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', worker)}-{spec.commit[:12]}"
+
+
+def remove_workspace(spec: RunSpec, dask_worker: Any = None) -> None:
+    """Delete this worker's workspace of the run (``client.run`` passes ``dask_worker``)."""
+    if dask_worker is not None:
+        shutil.rmtree(workspace_path(spec, str(dask_worker.name)), ignore_errors=True)
+
+
 def ensure_workspace(spec: RunSpec, worker: str) -> Path:
     """This worker's clone of the repository at ``spec.commit``, configured for the run."""
-    base = Path(spec.workspaces or Path(spec.work_dir) / "workspaces")
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", worker)
-    ws = base / f"{safe}-{spec.commit[:12]}"
+    ws = workspace_path(spec, worker)
+    base = ws.parent
     if (ws / ".dvc").is_dir():
         return ws
     base.mkdir(parents=True, exist_ok=True)
