@@ -1,6 +1,8 @@
 """2 Dask workers vs a sequential `dvc repro` of the default suite, from one run of each.
 
-    .venv/bin/python benchmarks/dispatch.py [--workers 2] [--out PATH]
+    .venv/bin/python benchmarks/dispatch.py [--workers 2] [--budgets 10 ...] [--out PATH]
+
+``--budgets`` cuts the suite's attack budgets (recorded in the JSON) for a shorter run.
 
 Each mode runs in its own fresh copy of the repository (git + DVC initialised, empty cache, the
 suite of this checkout's params.yaml), so neither finds the other's run-cache. The ratio is from
@@ -22,6 +24,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,12 +41,16 @@ def _run(cwd: Path, *args: str) -> None:
     subprocess.run(args, cwd=cwd, env=_env(), check=True, stdout=subprocess.DEVNULL)
 
 
-def _copy(dst: Path) -> Path:
+def _copy(dst: Path, budgets: list[int] | None) -> Path:
     dst.mkdir(parents=True)
     for name in ("tmifpe", "stages"):
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dst / name)
+    if budgets:
+        active = yaml.safe_load((ROOT / "params.yaml").read_text())["active"]
+        active["budgets"] = budgets
+        (dst / "params.yaml").write_text(yaml.safe_dump({"active": active}, sort_keys=False))
     (dst / ".gitignore").write_text("__pycache__/\n/.tmifpe-work/\n")
     _run(dst, "git", "init", "-q")
     _run(dst, "git", "config", "user.email", "bench@example.invalid")
@@ -70,6 +78,7 @@ def _files(repo: Path) -> dict[str, bytes]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--budgets", type=int, nargs="+", help="attack budgets (default: the suite's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dispatch.json")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -78,7 +87,8 @@ def main() -> None:
 
     suite = load_params(ROOT / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="tmifpe-bench-") as tmp:
-        seq_repo, par_repo = _copy(Path(tmp) / "sequential"), _copy(Path(tmp) / "dispatch")
+        seq_repo, par_repo = (_copy(Path(tmp) / m, args.budgets)
+                              for m in ("sequential", "dispatch"))
         seq = _timed(seq_repo, sys.executable, "-m", "dvc", "repro")
         print(f"sequential dvc repro: {seq['wall_s']} s")
         par = _timed(par_repo, sys.executable, "-m", "tmifpe.dispatch", "run", "--workers",
@@ -87,7 +97,8 @@ def main() -> None:
         identical = _files(seq_repo) == _files(par_repo)
     result = {
         "benchmark": "dispatch", "suite": suite.name, "threads_per_stage": suite.threads,
-        "workers": args.workers, "cpu_count": os.cpu_count(),
+        "budgets": args.budgets or suite.budgets, "workers": args.workers,
+        "cpu_count": os.cpu_count(),
         "sequential": seq, "dispatch": par,
         "speedup": round(seq["wall_s"] / par["wall_s"], 3),
         "per_example_files_identical": identical,
