@@ -261,6 +261,9 @@ def test_without_shared_cache_the_workers_go_through_a_dvc_remote(
     repo = _make_repo(tmp_path / "repo")
     store = tmp_path / "store"
     _dvc(repo, "remote", "add", "store", str(store))
+    proc = _run(repo, *DISPATCH, "run", "--remote", "store", check=False)
+    assert proc.returncode == 2 and "dvc remote default store" in proc.stderr
+    _dvc(repo, "remote", "default", "store")
     _run(repo, "git", "commit", "-qam", "remote")
     origin = tmp_path / "origin.git"  # what the workers clone, as from a git server
     _run(tmp_path, "git", "clone", "-q", "--bare", str(repo), str(origin))

@@ -46,25 +46,35 @@ def dvc(repo: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def snapshot(repo: Path, *, clean: bool = False) -> str:
-    """The commit the workers check out: HEAD, or a snapshot of HEAD plus uncommitted edits
-    of tracked files (``git stash create``, which leaves the working tree alone). ``clean``:
-    the workers clone from another URL, which only has pushed commits: edits are an error."""
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=repo, text=True, capture_output=True)
+    """The commit the workers check out: HEAD, or, when the working tree differs from it, a
+    snapshot commit of the working tree (tracked edits and new files not ignored by git), built
+    with a temporary index so that neither the working tree, the index nor any ref changes.
+    ``clean``: the workers clone from another URL, which has pushed commits only: edits are an
+    error."""
+    def git(*args: str, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.run(["git", *args], cwd=repo, text=True, capture_output=True, env=env)
         if proc.returncode != 0:
             raise DispatchError(f"{repo}: `git {' '.join(args)}` failed: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
-    untracked = git("ls-files", "--others", "--exclude-standard").split()
-    if untracked:
-        shown = ", ".join(untracked[:5]) + (" ..." if len(untracked) > 5 else "")
-        raise DispatchError(f"untracked files would be missing in the worker workspaces: {shown} "
-                            "(git add them, or list them in .gitignore)")
-    edits = git("stash", "create")
-    if edits and clean:
+    head = git("rev-parse", "HEAD")
+    index = Path(git("rev-parse", "--absolute-git-dir")) / f"tmifpe-snapshot-{os.getpid()}.index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    try:
+        git("read-tree", head, env=env)
+        git("add", "-A", env=env)
+        tree = git("write-tree", env=env)
+    finally:
+        index.unlink(missing_ok=True)
+    if tree == git("rev-parse", f"{head}^{{tree}}"):
+        return head
+    if clean:
         raise DispatchError("uncommitted changes: with --repo-url the workers clone pushed "
-                            "commits only (commit and push first)")
-    return edits or git("rev-parse", "HEAD")
+                            "commits only (commit and push first; `git status` shows them)")
+    who = {f"GIT_{r}_{k}": v for r in ("AUTHOR", "COMMITTER")
+           for k, v in (("NAME", "tmifpe dispatch"), ("EMAIL", "tmifpe@localhost"))}
+    return git("commit-tree", tree, "-p", head, "-m", "tmifpe dispatch: working tree snapshot",
+               env={**os.environ, **who})
 
 
 def shared_cache(repo: Path) -> str:
@@ -76,10 +86,17 @@ def shared_cache(repo: Path) -> str:
 
 
 def remote_url(repo: Path, name: str) -> str:
+    """URL of the DVC remote ``name``, which must be the default one: ``dvc repro --pull`` (the
+    final step here, and every task) pulls from the default remote and has no option to name one."""
     proc = dvc(repo, "config", f"remote.{name}.url")
     if proc.returncode != 0 or not proc.stdout.strip():
         raise DispatchError(f"DVC remote {name!r} is not configured here "
                             "(dvc remote add NAME URL; `dvc remote list` shows the known ones)")
+    default = dvc(repo, "remote", "default").stdout.strip()
+    if default != name:
+        raise DispatchError(f"DVC remote {name!r} is not the default remote "
+                            f"({default or 'none'}): `dvc repro --pull` uses the default; "
+                            f"run `dvc remote default {name}`")
     url = proc.stdout.strip()
     if "://" not in url and not Path(url).is_absolute():  # relative to .dvc/, where DVC keeps it
         url = str((repo / ".dvc" / url).resolve())

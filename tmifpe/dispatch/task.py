@@ -164,7 +164,7 @@ def ensure_workspace(spec: RunSpec, worker: str) -> Path:
         subprocess.run([*dvc, "cache", "dir", "--local", spec.cache_dir], cwd=tmp, check=True,
                        capture_output=True)
     if spec.remote and spec.remote_url:
-        subprocess.run([*dvc, "remote", "add", "--local", "--force", spec.remote,
+        subprocess.run([*dvc, "remote", "add", "--local", "--default", "--force", spec.remote,
                         spec.remote_url], cwd=tmp, check=True, capture_output=True)
     tmp.rename(ws)
     return ws
