@@ -26,7 +26,7 @@ from tmifpe.aggregate.schema import AA_SCHEMA, CELL_SCHEMA
 from tmifpe.cli import app, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("evaluate", "report")
+SUBCOMMANDS = ("evaluate", "report", "run", "status")
 runner = CliRunner()
 
 

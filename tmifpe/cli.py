@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from tmifpe import __version__
+from tmifpe.dispatch.cli import run as dispatch_run
+from tmifpe.dispatch.cli import status as dispatch_status
 
 app = typer.Typer(
     name="tmifpe",
@@ -28,10 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Pipeline commands `tmifpe run` / `tmifpe status` (the Dask dispatcher, tmifpe/dispatch/cli.py)
-# are registered here at merge time:
-#     from tmifpe.dispatch.cli import run, status
-#     app.command()(run); app.command()(status)
+# Pipeline commands: `tmifpe run` / `tmifpe status` dispatch the DVC grid through Dask
+# (tmifpe/dispatch/cli.py; importing it does not import Dask).
+app.command()(dispatch_run)
+app.command()(dispatch_status)
 
 
 class Attack(str, enum.Enum):

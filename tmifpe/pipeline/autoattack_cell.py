@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +20,7 @@ from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.verify import verify
 
-WORK_ROOT = Path(".tmifpe-work/autoattack")
+WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"
 # The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
 SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
                 "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ ENGINE_FILES = (
     "tmifpe/verify.py",
     "tmifpe/losses/__init__.py",
 )
-WORK_ROOT = Path(".tmifpe-work/checkpoints")
+WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "checkpoints"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
 from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
 
@@ -53,7 +54,8 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
         model = build_small_cnn(params, ds.source)
         cfg = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                           seed=params.seed, adv_eps=params.adv_eps, adv_steps=params.adv_steps)
-        history = train_model(model, tensors["x_train"], tensors["y_train"], cfg)
+        history = train_model(model, tensors["x_train"], tensors["y_train"], cfg,
+                              device=resolve_device(suite.device))
         ckpt = trained_checkpoint(key)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_name(f".{ckpt.name}.tmp")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tmifpe.pipeline.config import ParamsError, SuiteParams, load_params
+from tmifpe.pipeline.runlog import record_run
 from tmifpe.pipeline.runtime import configure
 
 # Errors a user can cause (bad params, missing or corrupt files): message, no traceback.
@@ -45,7 +46,9 @@ def run_stage(body: Callable[[SuiteParams], None], params_path: Path = Path("par
         suite = load_params(params_path)
         apply_hash_seed(suite.hash_seed)
         configure(suite.threads)
+        record_run("start")
         body(suite)
+        record_run("done")
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,4 +1,9 @@
-"""Training of the small models the pipeline builds itself: standard and PGD adversarial (AT)."""
+"""Training of the small models the pipeline builds itself: standard and PGD adversarial (AT).
+
+Trains on the given device (a GPU when the suite resolves to one). The random streams (batch order,
+PGD-AT start noise) are drawn on the CPU from a seeded generator whatever the device, so the
+sampled batches do not depend on it.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ def pgd_training_examples(
 ) -> Tensor:
     """Madry PGD-AT inner maximisation: uniform start in the ball, signed CE-gradient steps."""
     lo, hi = linf_box(x, eps)
-    noise = torch.rand(x.shape, generator=gen) * 2 * eps - eps
+    noise = (torch.rand(x.shape, generator=gen) * 2 * eps - eps).to(x.device)
     x_adv = project(x + noise, lo, hi)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -44,9 +49,15 @@ def pgd_training_examples(
     return x_adv.detach()
 
 
-def train_model(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> list[float]:
-    """Adam on CE, standard or PGD-AT per ``cfg``; returns the mean training loss per epoch."""
+def train_model(
+    model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Adam on CE, standard or PGD-AT per ``cfg``, on ``device``; returns the mean training loss
+    per epoch. The model is left on the CPU in eval mode."""
     torch.manual_seed(cfg.seed)
+    model.to(device)
+    x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history = []
@@ -54,7 +65,7 @@ def train_model(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> lis
         order = torch.randperm(x.shape[0], generator=gen)
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
-            b = order[start : start + cfg.batch_size]
+            b = order[start : start + cfg.batch_size].to(device)
             xb, yb = x[b], y[b]
             if cfg.adv_eps > 0:
                 model.eval()
@@ -67,5 +78,5 @@ def train_model(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> lis
             opt.step()
             total += loss.item() * len(b)
         history.append(total / x.shape[0])
-    model.eval()
+    model.to("cpu").eval()
     return history

@@ -1,0 +1,42 @@
+"""Run one command in its own process group and kill that group if our parent dies.
+
+A Dask worker runs each stage as ``python -m tmifpe.dispatch.guard <worker pid> -- dvc repro ...``.
+If the worker is killed (SIGKILL, node loss), no code of the worker runs any more, and the stage
+process DVC started would go on as an orphan, racing the rerun of the task on another worker for
+the same checkpoints. The guard polls its parent: once the parent is gone, it kills the whole
+group (DVC and the stage command it started). SIGTERM/SIGINT to the guard do the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
+        print("usage: python -m tmifpe.dispatch.guard PARENT_PID -- COMMAND...", file=sys.stderr)
+        return 2
+    parent = int(argv[0])
+    child = subprocess.Popen(argv[2:], start_new_session=True)
+
+    def kill_group(*_: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        sys.exit(128 + signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, kill_group)
+    signal.signal(signal.SIGINT, kill_group)
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if os.getppid() != parent:
+                kill_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
