@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from suite_support import complete, write_params
 
 from tmifpe.dispatch.graph import FINAL_STAGES, KINDS, Kind, build_tasks, read_suite
 from tmifpe.pipeline.config import parse_suite
@@ -50,7 +50,7 @@ GRID = {
 }
 TASKS = {"data@digits", "model@digits_std", "attack@digits_std-ce-10",
          "attack@digits_std-tmifpe-10", "autoattack@digits_std", "diagnostics@digits_std",
-         "ablations@digits_std"}
+         "ablations@digits_std", "fast@digits_std"}
 KILLED = "attack@digits_std-tmifpe-10"
 
 
@@ -84,7 +84,7 @@ def _make_repo(path: Path) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, path / name)
     (path / ".gitignore").write_text("__pycache__/\n/.tmifpe-work/\n")
-    (path / "params.yaml").write_text(yaml.safe_dump({"active": GRID}, sort_keys=False))
+    write_params(path / "params.yaml", GRID)
     _run(path, "git", "init", "-q")
     _run(path, "git", "config", "user.email", "ci@example.invalid")
     _run(path, "git", "config", "user.name", "ci")
@@ -139,10 +139,11 @@ def test_tasks_are_the_dvc_stages_of_the_suite_in_dependency_order() -> None:
 
 
 def test_a_new_kind_is_one_table_entry() -> None:
-    suite = parse_suite(GRID)
-    kinds = {**KINDS, "fast": Kind(("model",), ("model",))}
-    fast = [t for t in build_tasks(suite, kinds) if t.kind == "fast"]
-    assert [(t.stage, t.upstream) for t in fast] == [("fast@digits_std", ("model@digits_std",))]
+    suite = parse_suite(complete(GRID))
+    kinds = {**KINDS, "probe": Kind(("model",), ("model",))}
+    probe = [t for t in build_tasks(suite, kinds) if t.kind == "probe"]
+    assert [(t.stage, t.upstream) for t in probe] == [("probe@digits_std",
+                                                        ("model@digits_std",))]
     with pytest.raises(ValueError, match="cycle"):
         build_tasks(suite, {**KINDS, "x": Kind(("model",), ("y",))})
 
