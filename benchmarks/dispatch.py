@@ -47,10 +47,13 @@ def _copy(dst: Path, budgets: list[int] | None) -> Path:
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dst / name)
-    if budgets:
-        active = yaml.safe_load((ROOT / "params.yaml").read_text())["active"]
-        active["budgets"] = budgets
-        (dst / "params.yaml").write_text(yaml.safe_dump({"active": active}, sort_keys=False))
+    if budgets:  # the suite with other budgets, and the grid derived from it (as DVC would)
+        from tmifpe.pipeline.suite_grid import derive_grid
+
+        suite = yaml.safe_load((ROOT / "params.yaml").read_text())["suite"]
+        suite["budgets"] = budgets
+        doc = {"suite": suite, "grid": derive_grid(suite)}
+        (dst / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     (dst / ".gitignore").write_text("__pycache__/\n/.tmifpe-work/\n")
     _run(dst, "git", "init", "-q")
     _run(dst, "git", "config", "user.email", "bench@example.invalid")

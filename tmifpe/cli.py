@@ -20,6 +20,8 @@ import typer
 from tmifpe import __version__
 from tmifpe.dispatch.cli import run as dispatch_run
 from tmifpe.dispatch.cli import status as dispatch_status
+from tmifpe.losses import LossName
+from tmifpe.precision import Precision
 
 app = typer.Typer(
     name="tmifpe",
@@ -41,21 +43,6 @@ class Attack(str, enum.Enum):
 
     PGD = "pgd"
     FAST = "fast"  # the fast preset (tmifpe/attacks/fast.py, docs/fast.md); ignores --loss etc.
-
-
-class LossOpt(str, enum.Enum):
-    CE = "ce"
-    CW = "cw"
-    DLR = "dlr"
-    MIFPE = "mifpe"
-    TMIFPE = "tmifpe"
-
-
-class PrecisionOpt(str, enum.Enum):
-    FP16 = "fp16"
-    BF16 = "bf16"
-    FP32 = "fp32"
-    FP64 = "fp64"
 
 
 DEFAULT_EPS = {"digits": 0.2, "mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}
@@ -91,14 +78,14 @@ def evaluate(
         help="digits, mnist, cifar10, cifar100, or a folder <dir>/<class>/<image> "
              "(torchvision ImageFolder).")],
     out: Annotated[Path, typer.Option(help="Output folder: summary.json, examples.parquet.")],
-    loss: Annotated[LossOpt, typer.Option(help="Attack loss.")] = LossOpt.TMIFPE,
+    loss: Annotated[LossName, typer.Option(help="Attack loss.")] = LossName.TMIFPE,
     eps: Annotated[float | None, typer.Option(
         help="l-inf radius in [0,1] pixel units (default: 0.2 digits, 0.3 mnist, 8/255 "
              "cifar; required for a folder).")] = None,
     budget: Annotated[int, typer.Option(min=1, help="PGD iterations per run.")] = 100,
-    precision: Annotated[PrecisionOpt, typer.Option(
+    precision: Annotated[Precision, typer.Option(
         help="dtype of model and loss during the attack (verdicts always at fp32).")
-    ] = PrecisionOpt.FP32,
+    ] = Precision.FP32,
     n_examples: Annotated[int | None, typer.Option(
         min=1, help="First N test points (default: all).")] = None,
     targets: Annotated[int, typer.Option(
@@ -287,7 +274,7 @@ def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tu
     import torch
 
     from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
-    from tmifpe.precision import Precision, PrecisionModel
+    from tmifpe.precision import PrecisionModel
     from tmifpe.verify import verify
 
     data, net, dev, eps = ctx["data"], ctx["model"], ctx["device"], ctx["eps"]
