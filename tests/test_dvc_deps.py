@@ -79,13 +79,14 @@ def _touch_outputs(repo: Path, doc: dict) -> None:
     files = [f"data/eval/{d}.pt" for d in suite["datasets"]]
     for m in suite["models"]:
         files += [f"models/{m}/manifest.json"]
-        files += [f"results/{s}/{m}{e}" for s in ("autoattack", "ablations")
+        files += [f"results/{s}/{m}{e}" for s in ("autoattack", "ablations", "fast")
                   for e in (".parquet", ".timing.json")]
         files += [f"results/diagnostics/{m}{e}" for e in (".parquet", ".tstar.parquet", ".json")]
     files += [f"results/attack/{c['model']}/{c['loss']}/b{c['budget']}{e}"
               for c in grid["cells"].values() for e in (".parquet", ".timing.json")]
     files += ["results/aggregate/robust_accuracy.csv", "results/metrics.json",
-              "reports/index.html", "reports/tables.tex", "reports/tables_standalone.tex"]
+              "reports/index.html", "reports/tables.tex", "reports/tables_standalone.tex",
+              "reports/figures/placeholder.pdf"]
     for f in files:
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         (repo / f).write_text(f"placeholder {f}\n")
@@ -155,7 +156,7 @@ def cells(*, model: str | None = None, loss: str | None = None, budget: int | No
 
 
 def per_model(model: str) -> set[str]:
-    return {f"{s}@{model}" for s in ("model", "autoattack", "diagnostics", "ablations")}
+    return {f"{s}@{model}" for s in ("model", "autoattack", "diagnostics", "ablations", "fast")}
 
 
 @slow
@@ -208,10 +209,11 @@ def test_editing_the_dlr_package(repo: Path) -> None:
 def test_editing_the_tstar_solver(repo: Path) -> None:
     rel = "tmifpe/losses/tmifpe/tstar.py"
     with edited(repo, rel, (repo / rel).read_text() + "\n# edited\n"):
-        # the ablations compare t* rules: they run the solver too
+        # the ablations compare t* rules, the fast preset is T-MIFPE: both run the solver too
         models = ("digits_std", "digits_at", "digits_b")
         assert changed(repo) == {*cells(loss="tmifpe"), *(f"diagnostics@{m}" for m in models),
-                                 *(f"ablations@{m}" for m in models)}
+                                 *(f"ablations@{m}" for m in models),
+                                 *(f"fast@{m}" for m in models)}
 
 
 @slow
@@ -279,7 +281,7 @@ def test_switching_suites_with_set_param(repo: Path) -> None:
     # that read the suite's name or grid lists re-run
     assert status == {*cells(model="digits_std", budget=10), *cells(model="digits_std",
                       budget=20), "autoattack@digits_std", "diagnostics@digits_std",
-                      "ablations@digits_std", "aggregate", "report"}
+                      "ablations@digits_std", "fast@digits_std", "aggregate", "report"}
     # the paper suite cannot run offline; its composition is checked, not run
     paper = _queued_params(repo, "paper", "suite=paper")
     assert parse_suite(paper["suite"]).name == "paper" and len(paper["grid"]["cells"]) == 175
