@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,19 +24,15 @@ from pydantic import (
 
 from tmifpe.attacks.schedule import Schedule
 from tmifpe.losses import LossName
-from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.pipeline.fast_config import FastParams
+from tmifpe.pipeline.param_types import Frozen, TStarRule
 from tmifpe.pipeline.suite_grid import derive_grid, precision_plan
 from tmifpe.precision import Precision
 
 GridKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # `-` would break DVC matrix names
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class DatasetParams(_Frozen):
+class DatasetParams(Frozen):
     source: Literal["digits", "mnist", "cifar10", "cifar100"]
     n_examples: int = Field(gt=0, le=10000)
     eps: float = Field(gt=0.0, le=1.0)
@@ -54,7 +48,7 @@ class DatasetParams(_Frozen):
         return self
 
 
-class ModelParams(_Frozen):
+class ModelParams(Frozen):
     source: Literal["trained", "robustbench", "pyautoattack_resnet18"]
     dataset: GridKey
     id: str | None = None  # RobustBench model ID
@@ -82,7 +76,7 @@ class ModelParams(_Frozen):
 TRAINING_KEYS = ("arch", "epochs", "lr", "batch_size", "adv_eps", "adv_steps", "seed")
 
 
-class PrecisionParams(_Frozen):
+class PrecisionParams(Frozen):
     # Budgets above this are not run at this dtype (None: all). A cap rather than a list, so that
     # adding a budget to the grid leaves the params of the existing cells unchanged.
     max_budget: int | None = Field(ge=1)
@@ -90,28 +84,21 @@ class PrecisionParams(_Frozen):
     n_examples: int | None = Field(gt=0)  # first n of the dataset's points (None: all)
 
 
-class AttackParams(_Frozen):
+class AttackParams(Frozen):
     schedule: Schedule
     momentum: float = Field(ge=0.0, le=1.0)
     restarts: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    tstar_rule: str
+    tstar_rule: TStarRule
     seed: int
 
-    @field_validator("tstar_rule")
-    @classmethod
-    def _rule(cls, v: str) -> str:
-        if v not in PHASE23_RULES:
-            raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
-        return v
 
-
-class AutoAttackParams(_Frozen):
+class AutoAttackParams(Frozen):
     seed: int
     batch_size: int = Field(ge=1)
 
 
-class AblationParams(_Frozen):
+class AblationParams(Frozen):
     """The ablations stage (phase detection, t* rules, PGD vs APGD): its budgets and precisions."""
 
     budgets: list[int] = Field(min_length=1)
@@ -125,7 +112,7 @@ class AblationParams(_Frozen):
         return v
 
 
-class SuiteParams(_Frozen):
+class SuiteParams(Frozen):
     name: GridKey
     device: str
     threads: int = Field(ge=1)

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from tmifpe.attacks.fast import FastConfig, Kind, Phase
 from tmifpe.losses import LossName
-from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+from tmifpe.pipeline.param_types import Frozen, TStarRule
 
 # The loss packages dvc.yaml's `fast` stage depends on: a phase may use only these, so a change
 # to another loss never re-runs the preset, and a phase using another loss cannot go unnoticed.
 FAST_STAGE_LOSSES = (LossName.TMIFPE,)
 
 
-class FastPhaseParams(_Frozen):
+class FastPhaseParams(Frozen):
     kind: Literal["untargeted", "targeted"]
     steps: int = Field(ge=1)
     loss: LossName  # only the losses of FAST_STAGE_LOSSES: the fast stage depends on those
@@ -42,7 +37,7 @@ class FastPhaseParams(_Frozen):
         return Phase(Kind(self.kind), self.steps, self.loss.value, self.n_targets, self.restarts)
 
 
-class FastParams(_Frozen):
+class FastParams(Frozen):
     """The preset's phases and guard, and the deterministic tuning/held-out split of the points:
     a permutation of the example indices drawn with ``split_seed``, its first
     ``round(tuning_fraction·N)`` entries are the tuning split."""
@@ -53,16 +48,9 @@ class FastParams(_Frozen):
     guard_p_init: float = Field(gt=0.0, le=1.0)
     split_seed: int
     tuning_fraction: float = Field(gt=0.0, lt=1.0)
-    tstar_rule: str  # T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar)
+    tstar_rule: TStarRule
     batch_size: int = Field(ge=1)
     seed: int
-
-    @field_validator("tstar_rule")
-    @classmethod
-    def _rule(cls, v: str) -> str:
-        if v not in PHASE23_RULES:
-            raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
-        return v
 
     def config(self, eps: float) -> FastConfig:
         return FastConfig(eps=eps, phases=tuple(p.phase() for p in self.phases),
