@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from suite_support import complete, write_params
 
 from tmifpe.dispatch.graph import FINAL_STAGES, KINDS, Kind, build_tasks, read_suite
@@ -136,6 +137,19 @@ def test_tasks_are_the_dvc_stages_of_the_suite_in_dependency_order() -> None:
     cell = next(t for t in tasks if t.stage == "attack@digits_std-cw-50")
     assert cell.upstream == ("model@digits_std",)
     assert cell.chain == ("data@digits", "model@digits_std", "attack@digits_std-cw-50")
+
+
+def test_a_model_needs_only_its_own_datasets_stage() -> None:
+    """Paper suite (three datasets): each model's chain holds the data stage of its dataset only."""
+    from test_suites import composed
+
+    suite = parse_suite(yaml.safe_load(composed("suite=paper"))["suite"])
+    tasks = {t.stage: t for t in build_tasks(suite)}
+    for model in suite.models:
+        dataset = suite.dataset_of(model)[0]
+        assert tasks[f"model@{model}"].upstream == (f"data@{dataset}",)
+        assert [s for s in tasks[f"fast@{model}"].chain if s.startswith("data@")] == \
+            [f"data@{dataset}"]
 
 
 def test_a_new_kind_is_one_table_entry() -> None:

@@ -4,7 +4,8 @@ Built from the project's own grid (the validated suite), not from DVC's output. 
 one table to extend when ``dvc.yaml`` gains a matrix stage: its matrix axes (in ``dvc.yaml``
 order, which fixes the stage name ``kind@a-b-c``) and the kinds it needs first. An upstream
 stage is needed when it agrees with the task on every axis they share; one that shares no axis
-is needed whatever its item (every ``data@*`` for a model: its dep is the whole ``data/eval``).
+is needed whatever its item; a model's item also carries its dataset, so ``model@m`` needs only
+``data@<its dataset>``.
 ``aggregate`` and ``report`` are not tasks: they run at the end in the user's workspace.
 """
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmifpe.pipeline.config import SuiteParams, load_params
+
+Item = tuple[tuple[str, str], ...]  # (axis, value) pairs of a task
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def build_tasks(suite: SuiteParams, kinds: dict[str, Kind] = KINDS) -> list[Task
         for values in itertools.product(*(AXES[a](suite) for a in spec.axes)):
             item = tuple(zip(spec.axes, values, strict=True))
             upstream = tuple(t.stage for t in tasks.values()
-                             if t.kind in spec.upstream and _agrees(t.item, item))
+                             if t.kind in spec.upstream
+                             and _agrees(_with_dataset(suite, t.item), _with_dataset(suite, item)))
             chain: list[str] = []
             for up in upstream:
                 chain += [s for s in tasks[up].chain if s not in chain]
@@ -79,7 +83,16 @@ def build_tasks(suite: SuiteParams, kinds: dict[str, Kind] = KINDS) -> list[Task
     return list(tasks.values())
 
 
-def _agrees(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
+def _with_dataset(suite: SuiteParams, item: Item) -> Item:
+    """``item`` plus the dataset its model is evaluated on: a model's stages need only the data
+    stage of that dataset (dvc.yaml: ``data/eval/<dataset>.pt``), not every dataset's."""
+    model = dict(item).get("model")
+    if model is None or "dataset" in dict(item):
+        return item
+    return (*item, ("dataset", suite.dataset_of(model)[0]))
+
+
+def _agrees(a: Item, b: Item) -> bool:
     da, db = dict(a), dict(b)
     return all(da[k] == db[k] for k in da.keys() & db.keys())
 
