@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from tmifpe.data.sources import load_tensors
+from tmifpe.data.sources import load_eval_points
 from tmifpe.diagnostics import OUT_DIR, output_paths
 from tmifpe.diagnostics.gradient_error import (
     DiagnosticsPlan,
@@ -35,8 +35,7 @@ def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path
     if model_key not in suite.models:
         raise ValueError(f"model {model_key!r} is not in the grid of suite {suite.name!r}")
     ds_key, ds = suite.dataset_of(model_key)
-    tensors = load_tensors(data_dir / f"{ds_key}.pt")
-    x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    x, y = load_eval_points(data_dir / f"{ds_key}.pt", ds.n_examples)
     model = load_model(suite, model_key)
     plan = DiagnosticsPlan.from_suite(suite, model_key)
     examples, info = measure(model, x, y, plan)

@@ -52,3 +52,9 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `dvc repro` (the data stage writes it)")
     return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def load_eval_points(path: Path, n_examples: int) -> tuple[Tensor, Tensor]:
+    """The first ``n_examples`` test points (x, y) of a data stage's output, in order."""
+    tensors = load_tensors(path)
+    return tensors["x_test"][:n_examples], tensors["y_test"][:n_examples]

@@ -33,7 +33,7 @@ from torch import Tensor
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.pgd import PGDConfig, PGDResult, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
-from tmifpe.data.sources import load_tensors
+from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
@@ -208,8 +208,7 @@ def run_ablations(
                          f"{', '.join(suite.models)}")
     grid = variants(suite.attack.tstar_rule) if grid is None else tuple(grid)
     _, ds = suite.dataset_of(model_key)
-    tensors = load_tensors(data_path)
-    x_all, y_all = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    x_all, y_all = load_eval_points(data_path, ds.n_examples)
     device = resolve_device(suite.device)
     x_all, y_all = x_all.to(device), y_all.to(device)
     net = load_model(suite, model_key).to(device)

@@ -10,10 +10,11 @@ from pathlib import Path
 import polars as pl
 
 from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
-from tmifpe.data.sources import load_tensors
+from tmifpe.data.sources import load_eval_points
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.hashing import sha256_path
 from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.progress import Progress
 from tmifpe.pipeline.runtime import resolve_device
@@ -27,14 +28,6 @@ SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/attacks/autoattack
                 "tmifpe/models/zoo.py")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
                model_paths: list[Path], root: Path = Path(".")) -> str:
     """Hash of every input of the AutoAttack run: settings, model files (so a retrained or
@@ -44,8 +37,8 @@ def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
     _, ds = suite.dataset_of(model_key)
     doc = {"model": [model_key, suite.model_zoo[model_key].model_dump(mode="json")],
            "dataset": ds.model_dump(mode="json"), "autoattack": suite.autoattack.model_dump(),
-           "inputs": [_sha256(p) for p in [data_path, *model_paths]],
-           "code": {f: _sha256(root / f) for f in SOURCE_FILES if (root / f).exists()},
+           "inputs": [sha256_path(p) for p in [data_path, *model_paths]],
+           "code": {f: sha256_path(root / f) for f in SOURCE_FILES if (root / f).exists()},
            "pyautoattack": version("pyautoattack")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -57,8 +50,7 @@ def run_autoattack_cell(
     """Run (or resume, via pyautoattack-style state) standard AA and write Parquet + timing."""
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(model_key)
-    tensors = load_tensors(data_path)
-    x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    x, y = load_eval_points(data_path, ds.n_examples)
     model = load_model(suite, model_key).to(device)
     aa = suite.autoattack
     cfg = AAConfig(eps=ds.eps, seed=aa.seed, batch_size=aa.batch_size, device=str(device))

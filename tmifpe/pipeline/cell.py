@@ -22,11 +22,12 @@ from torch import Tensor
 
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
-from tmifpe.data.sources import load_tensors
+from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LOSSES, LossName, get_loss
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.hashing import sha256_path
 from tmifpe.pipeline.progress import Progress
 from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
@@ -65,19 +66,6 @@ def cell_source_files(loss: LossName) -> list[str]:
     return sorted({*ENGINE_FILES, *LOSSES[loss].source_files})
 
 
-def _sha256(path: Path) -> str:
-    """Content hash of a file, or of a folder's Python files (path and content, sorted)."""
-    h = hashlib.sha256()
-    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            h.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: list[Path]) -> str:
     """Hash of every input of the cell; the work directory of its checkpoints."""
     ds_key, ds = suite.dataset_of(spec.model)
@@ -87,8 +75,8 @@ def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: l
         "model": suite.model_zoo[spec.model].model_dump(mode="json"),
         "attack": suite.attack.model_dump(mode="json"),
         "precisions": {p.value: pp.model_dump(mode="json") for p, pp in suite.precisions.items()},
-        "files": {f: _sha256(Path(f)) for f in cell_source_files(spec.loss)},
-        "inputs": [_sha256(p) for p in [data_path, *model_files] if p.exists()],
+        "files": {f: sha256_path(Path(f)) for f in cell_source_files(spec.loss)},
+        "inputs": [sha256_path(p) for p in [data_path, *model_files] if p.exists()],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -100,8 +88,7 @@ def run_attack_cell(
     """Run (or resume) the cell and write its Parquet + timing JSON atomically."""
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(spec.model)
-    tensors = load_tensors(data_path)
-    x_all, y_all = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    x_all, y_all = load_eval_points(data_path, ds.n_examples)
     model = load_model(suite, spec.model).to(device)
     ref32 = PrecisionModel(model, Precision.FP32)
     ref64 = PrecisionModel(model, Precision.FP64)

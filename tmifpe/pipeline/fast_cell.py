@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from tmifpe.attacks.fast import FastConfig, FastResult, run_fast
-from tmifpe.data.sources import load_tensors
+from tmifpe.data.sources import load_eval_points
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
@@ -93,8 +93,7 @@ def run_fast_cell(suite: SuiteParams, model_key: str, *, data_path: Path, out: P
         raise ValueError(f"model {model_key!r} is not in the grid ({', '.join(suite.models)})")
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(model_key)
-    tensors = load_tensors(data_path)
-    x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
+    x, y = load_eval_points(data_path, ds.n_examples)
     model = load_model(suite, model_key).to(device)
     fp = suite.fast
     config = fp.config(ds.eps)

@@ -22,6 +22,7 @@ from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
 from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.hashing import sha256_path
 from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
@@ -31,10 +32,6 @@ def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
     """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
     folder = out_dir / key
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -62,10 +59,10 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
         torch.save(model.state_dict(), tmp)
         tmp.replace(ckpt)
         manifest["train_loss"] = [round(v, 6) for v in history]
-        manifest["checkpoint_sha256"] = _sha256(ckpt)
+        manifest["checkpoint_sha256"] = sha256_path(ckpt)
     else:
         ckpt = _stage_checkpoint(suite, key, out_dir)
-        manifest["checkpoint_sha256"] = _sha256(ckpt)
+        manifest["checkpoint_sha256"] = sha256_path(ckpt)
         model = load_model(suite, key)  # from the staged file, as every later stage does
         manifest["id"] = params.id
         manifest["parameters_sha256"] = _state_sha256(model)
