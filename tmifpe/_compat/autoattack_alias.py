@@ -33,8 +33,9 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
-    """Finds ``autoattack[.x]`` as ``pyautoattack[.x]``; defers to a real ``autoattack`` if the
-    environment has one (then the alias is not needed and must not shadow it)."""
+    """Finds ``autoattack[.x]`` as ``pyautoattack[.x]`` (declines when pyautoattack is not
+    installed). Placed first on ``sys.meta_path``, it also takes precedence over a separately
+    installed ``autoattack`` (fra31's repository): the same attack code, under one name."""
 
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
