@@ -36,8 +36,8 @@ from tmifpe.losses import LossName, get_loss
 from tmifpe.losses.tmifpe.tstar import optimal_t
 from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
 from tmifpe.models.small_cnn import SmallCNN
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-4  # l∞ radius (pixels): tiny against a top-2 gap >= MIN_MARGIN, so nothing flips

@@ -38,7 +38,7 @@ from torch import nn
 
 from tmifpe.losses import get_loss
 from tmifpe.losses.tmifpe.tstar import gap_thresholds
-from tmifpe.pipeline.atomic import write_json
+from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,

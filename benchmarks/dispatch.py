@@ -85,8 +85,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dispatch.json")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from tmifpe.pipeline.atomic import write_json
     from tmifpe.pipeline.config import load_params
+    from tmifpe.storage import write_json
 
     suite = load_params(ROOT / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="tmifpe-bench-") as tmp:

@@ -30,9 +30,9 @@ from tmifpe.aggregate.inputs import load_autoattack, load_timings
 from tmifpe.attacks.fast import FastConfig, Kind, Phase, run_fast
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.config import load_params
 from tmifpe.pipeline.fast_cell import tuning_mask
+from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 U, T = Kind.UNTARGETED, Kind.TARGETED

@@ -27,8 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.losses import get_loss
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero")

@@ -8,10 +8,10 @@ import typer
 
 from tmifpe.aggregate import aggregate, metrics_json, write_aggregates
 from tmifpe.aggregate.fast import fast_files
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.grid import grid_files, leaderboard, robustbench_ids
 from tmifpe.pipeline.stage_support import run_stage
+from tmifpe.storage import write_json
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
         files = grid_files(suite)
         tables = aggregate(files.cells, files.autoattack, files.timings,
                            leaderboard=leaderboard(), model_ids=robustbench_ids(suite),
-                           fast_files=fast_files(suite.models))
+                           fast_files=fast_files(suite.models), suite=suite.name)
         write_aggregates(tables, Path("results/aggregate"))
         write_json(metrics_json(tables), Path("results/metrics.json"))
         print(f"aggregate: {len(files.cells)} attack cells, "

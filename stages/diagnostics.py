@@ -25,8 +25,8 @@ from tmifpe.diagnostics.gradient_error import (
     verdicts,
 )
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.storage import write_json, write_parquet
 
 
 def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path("data/eval"),

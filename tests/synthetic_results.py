@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tmifpe.aggregate.schema import AA_SCHEMA, CELL_SCHEMA
+from tmifpe.evaluation.schema import AA_SCHEMA, CELL_SCHEMA
 
 CELL_DEFAULTS = {
     "suite": "default", "dataset": "digits", "restarts": 1, "n_targets": 0, "eps": 0.3,

@@ -8,8 +8,8 @@ import torch
 
 import tmifpe
 from tmifpe.aggregate import aggregate
-from tmifpe.aggregate.schema import CELL_SCHEMA
 from tmifpe.api import EvalResult
+from tmifpe.evaluation.schema import CELL_SCHEMA
 from tmifpe.verify import in_threat_model
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from suite_support import complete
 
-from tmifpe.aggregate.schema import CELL_SCHEMA
 from tmifpe.data.sources import save_tensors
+from tmifpe.evaluation.schema import CELL_SCHEMA
 from tmifpe.losses import LossName
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.pipeline.cell import CellSpec, run_attack_cell

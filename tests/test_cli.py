@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tmifpe.aggregate.schema import AA_SCHEMA, CELL_SCHEMA
 from tmifpe.cli import app, summarise
+from tmifpe.evaluation.schema import AA_SCHEMA, CELL_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("evaluate", "report", "run", "status")

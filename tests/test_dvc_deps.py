@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 # Files an attack cell runs besides the engine and its loss (cell_source_files): the stage entry
 # point, the model loader, and the runtime settings (threads, kernels, hash seed).
-ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/pipeline/runtime.py",
+ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/runtime.py",
                       "tmifpe/pipeline/stage_support.py"}
 
 

@@ -105,7 +105,7 @@ def test_verify_margins_and_broken():
     v = verify(ref32, ref64, x0, x0.clone(), y, 0.1)
     assert v.valid.all() and v.pred_fp32.tolist() == [0, 1] == v.pred_fp64.tolist()
     torch.testing.assert_close(v.margin_fp64, torch.tensor([0.2, -0.2], dtype=torch.float64))
-    assert v.broken(y).tolist() == [False, True] and not v.nonfinite_logits.any()
+    assert v.broken(y).tolist() == [False, True] and not v.nonfinite_fp32.any()
     far = x0.clone()
     far[1, 0, 0, 0] = 0.9  # misclassified point moved outside the ball: not broken
     assert verify(ref32, ref64, x0, far, y, 0.1).broken(y).tolist() == [False, False]

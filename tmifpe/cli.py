@@ -126,11 +126,10 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
              n_examples: int | None, threat_model: str, device: str, threads: int | None,
              data_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
     """Check every argument, then load data and model (cheap checks first)."""
-    import torch
 
     from tmifpe.data.spec import NAMED, check_dataset_spec, load_eval_set
     from tmifpe.models.spec import check_robustbench_id, load_spec_model, parse_model_spec
-    from tmifpe.pipeline.runtime import configure, resolve_device
+    from tmifpe.runtime import resolve_device
 
     spec = parse_model_spec(model, weights)
     check_dataset_spec(dataset)
@@ -146,7 +145,6 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
         dev = resolve_device(device)
     except RuntimeError as err:
         raise ValueError(str(err)) from None
-    configure(threads or torch.get_num_threads())  # deterministic kernels, as in the stages
     rb_dataset = dataset if dataset in NAMED else ""
     if spec.kind == "robustbench":  # before any data download
         check_robustbench_id(spec.value, rb_dataset, threat_model)
@@ -184,7 +182,7 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tmifpe.api import evaluate as run_evaluate
-    from tmifpe.pipeline.atomic import write_json, write_parquet
+    from tmifpe.storage import write_json, write_parquet
 
     data, net, out = ctx["data"], ctx["model"], ctx["out"]
     n = int(data.y.shape[0])
@@ -227,8 +225,8 @@ def _run_fast(ctx: dict[str, Any], vs_autoattack: bool, seed: int,
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tmifpe.attacks.fast import FastConfig
-    from tmifpe.pipeline.atomic import write_json, write_parquet
     from tmifpe.pipeline.fast_cell import evaluate_rows
+    from tmifpe.storage import write_json, write_parquet
 
     data, net, out, dev = ctx["data"], ctx["model"], ctx["out"], ctx["device"]
     config = FastConfig(eps=ctx["eps"], seed=seed, batch_size=batch_size)

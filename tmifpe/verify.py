@@ -1,12 +1,15 @@
 """Re-verification of adversarial examples: constraints and fresh forward passes at fp32/fp64.
 
 Never trust an attack's own success flag: an example counts as broken only if its stored float32
-``x_adv`` lies in the eps-ball and in [0,1] and a fresh fp32 forward pass misclassifies it.
+``x_adv`` lies in the eps-ball and in [0,1] and a fresh fp32 forward pass returns finite logits
+whose argmax is not the label. Non-finite verdict logits are no misclassification (``argmax`` of
+an all-NaN row is 0): they are reported on their own (``nonfinite_fp32``/``nonfinite_fp64``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -23,11 +26,22 @@ class Verdict:
     pred_fp64: Tensor  # int64
     margin_fp32: Tensor  # float64: z_y − max_{j≠y} z_j at fp32 (< 0: misclassified)
     margin_fp64: Tensor  # float64
-    nonfinite_logits: Tensor  # bool: NaN/Inf in the fp32 logits
+    nonfinite_fp32: Tensor  # bool: NaN/±Inf in the fp32 logits
+    nonfinite_fp64: Tensor  # bool: NaN/±Inf in the fp64 logits
 
     def broken(self, y: Tensor, *, fp64: bool = False) -> Tensor:
+        """valid ∧ finite logits ∧ argmax ≠ y, at fp32 (or fp64)."""
         pred = self.pred_fp64 if fp64 else self.pred_fp32
-        return self.valid & (pred != y)
+        nonfinite = self.nonfinite_fp64 if fp64 else self.nonfinite_fp32
+        return self.valid & ~nonfinite & (pred != y)
+
+    def cpu(self) -> Verdict:
+        return Verdict(*(getattr(self, f.name).cpu() for f in fields(self)))
+
+    @staticmethod
+    def cat(parts: Sequence[Verdict]) -> Verdict:
+        """Row-wise concatenation of the verdicts of consecutive batches."""
+        return Verdict(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Verdict)))
 
 
 def margin(logits: Tensor, y: Tensor) -> Tensor:
@@ -59,5 +73,6 @@ def verify(
         pred_fp64=logits64.argmax(dim=1),
         margin_fp32=margin(logits32, y),
         margin_fp64=margin(logits64, y),
-        nonfinite_logits=~torch.isfinite(logits32).all(dim=1),
+        nonfinite_fp32=~torch.isfinite(logits32).all(dim=1),
+        nonfinite_fp64=~torch.isfinite(logits64).all(dim=1),
     )

@@ -9,7 +9,13 @@ import polars as pl
 
 from tmifpe.aggregate.compare_aa import attack_cost, autoattack_summary, vs_autoattack, with_aa_gap
 from tmifpe.aggregate.fast import FAST_KEYS, fast_table, load_fast
-from tmifpe.aggregate.inputs import load_autoattack, load_cells, load_timings, require_files
+from tmifpe.aggregate.inputs import (
+    DEFAULT_SUITE,
+    load_autoattack,
+    load_cells,
+    load_timings,
+    require_files,
+)
 from tmifpe.aggregate.iterations import robust_vs_iterations
 from tmifpe.aggregate.keys import MODEL_KEYS, RUN_KEYS
 from tmifpe.aggregate.leaderboard import leaderboard_comparison
@@ -41,6 +47,7 @@ def aggregate(
     leaderboard: Mapping | None = None,
     model_ids: Mapping[str, tuple[str, str]] | None = None,
     fast_files: Sequence[Path] = (),
+    suite: str = DEFAULT_SUITE,
 ) -> dict[str, pl.DataFrame]:
     """All aggregate tables (``TABLE_KEYS``) from exactly the listed files.
 
@@ -48,16 +55,17 @@ def aggregate(
     ``timing_files``: their ``.timing.json`` companions (each must sit beside a listed result
     file). ``leaderboard``: the ``tmifpe/leaderboard.json`` mapping (dataset → id → entry);
     ``model_ids``: grid key → (dataset, RobustBench id) for the models that get a leaderboard
-    row. Accuracies are fractions in [0, 1] except in ``leaderboard`` (percent, like the
+    row. ``suite``: the name the tables carry (result rows carry none). Accuracies are
+    fractions in [0, 1] except in ``leaderboard`` (percent, like the
     leaderboard); differences are in percentage points (``_pp``). A listed file that does not
     exist raises ``FileNotFoundError`` naming it; runs that were not made are absent, not zero.
     """
     cell_paths = require_files(cell_files)
     aa_paths = require_files(aa_files)
     timing_paths = require_files(timing_files)
-    cells = load_cells(cell_paths)
-    aa = load_autoattack(aa_paths)
-    cell_timing, aa_timing = load_timings(timing_paths, cell_paths, aa_paths)
+    cells = load_cells(cell_paths, suite)
+    aa = load_autoattack(aa_paths, suite)
+    cell_timing, aa_timing = load_timings(timing_paths, cell_paths, aa_paths, suite)
 
     clean = clean_accuracy(cells)
     aa_summary = autoattack_summary(aa, aa_timing)
@@ -76,7 +84,7 @@ def aggregate(
         "precision_effect": precision_effect(cells),
         "nonfinite": nonfinite(cells, aa),
         "robust_vs_iterations": robust_vs_iterations(cells),
-        "fast": fast_table(*load_fast(fast_files), aa, aa_timing),  # fast_files: results/fast
+        "fast": fast_table(*load_fast(fast_files, suite), aa, aa_timing),  # results/fast
     }
     return {name: sort_table(name, table) for name, table in tables.items()}
 

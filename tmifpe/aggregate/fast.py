@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from tmifpe.aggregate.compare_aa import AA_STAGES
+from tmifpe.aggregate.inputs import DEFAULT_SUITE, with_suite
 from tmifpe.aggregate.keys import MODEL_KEYS, robust, robust64
 from tmifpe.aggregate.stats import count
 
@@ -27,7 +28,7 @@ SPLITS = ("held_out", "tuning", "all")
 FAST_DIR = Path("results/fast")
 FAST_KEYS = [*MODEL_KEYS, "split"]
 FAST_COLUMNS: dict[str, pl.DataType] = {
-    "suite": pl.String(), "dataset": pl.String(), "model": pl.String(), "preset": pl.String(),
+    "dataset": pl.String(), "model": pl.String(), "preset": pl.String(),
     "example": pl.Int64(), "split": pl.String(), "clean_correct": pl.Boolean(),
     "robust_fp32": pl.Boolean(), "robust_fp64": pl.Boolean(), "passes": pl.Int64(),
     "guard_broken": pl.Boolean(), "flag_zero_grad": pl.Boolean(),
@@ -47,8 +48,10 @@ def fast_files(models: Sequence[str], root: Path = FAST_DIR) -> list[Path]:
     return [root / f"{m}.parquet" for m in models]
 
 
-def load_fast(paths: Sequence[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(per-example rows, per-model wall time) of the listed fast files; one-line errors."""
+def load_fast(paths: Sequence[Path], suite: str = DEFAULT_SUITE
+              ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per-example rows, per-model wall time) of the listed fast files, with the aggregated
+    ``suite`` name as first column; one-line errors."""
     frames, timing = [], []
     for path in map(Path, paths):
         if not path.is_file():
@@ -58,7 +61,7 @@ def load_fast(paths: Sequence[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
         if missing:
             raise ValueError(f"fast file {path} lacks columns: {', '.join(missing)}")
         frame = lazy.select(pl.col(c).cast(t, strict=True) for c, t in FAST_COLUMNS.items())
-        frames.append(frame.collect())
+        frames.append(with_suite(frame.collect(), suite))
         tpath = path.with_name(path.name.removesuffix(".parquet") + ".timing.json")
         try:
             total = float(json.loads(tpath.read_text(encoding="utf-8"))["total"])
@@ -69,7 +72,8 @@ def load_fast(paths: Sequence[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
         if ident.height != 1:
             raise ValueError(f"fast file {path} holds {ident.height} models (need 1)")
         timing.append({**ident.row(0, named=True), "wall_time_s": total})
-    data = pl.concat([pl.DataFrame(schema=FAST_COLUMNS), *frames], how="vertical")
+    data = pl.concat([pl.DataFrame(schema={"suite": pl.String(), **FAST_COLUMNS}), *frames],
+                     how="vertical")
     if data.select([*MODEL_KEYS, "example"]).is_duplicated().any():
         raise ValueError("duplicate fast rows (model, example) across the listed files")
     tschema = {"suite": pl.String, "dataset": pl.String, "model": pl.String,

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import polars as pl
 
-from tmifpe.aggregate.schema import AA_ROW_KEYS, AA_SCHEMA, CELL_ROW_KEYS, CELL_SCHEMA
+from tmifpe.evaluation.schema import AA_ROW_KEYS, AA_SCHEMA, CELL_ROW_KEYS, CELL_SCHEMA
 
 # The columns read (cast strictly to their documented dtype); the others are not needed here.
 _CELL_READ = [
-    "suite", "dataset", "model", "loss", "targeted", "precision", "budget", "example",
+    "dataset", "model", "loss", "targeted", "precision", "budget", "example",
     "clean_correct", "robust_fp32", "robust_fp64", "false_success", "fp32_fp64_disagree",
     "first_success_iter", "margin_fp32", "margin_fp64", "n_forward", "n_backward",
     "zero_grad_steps", "nonfinite_steps", "dtype_only_hits",
 ]
 _AA_READ = [
-    "suite", "dataset", "model", "example", "clean_correct", "broken_by", "robust_fp32",
+    "dataset", "model", "example", "clean_correct", "broken_by", "robust_fp32",
     "robust_fp64", "margin_fp32", "n_grad", "n_queries",
 ]
 CELL_COLUMNS = {c: CELL_SCHEMA[c] for c in _CELL_READ}
@@ -31,6 +31,7 @@ _NOT_NULL = [c for c in CELL_COLUMNS if not c.startswith("margin_")]
 _AA_NOT_NULL = [c for c in AA_COLUMNS if c != "margin_fp32"]
 
 _TIMING_SUFFIX = ".timing.json"
+DEFAULT_SUITE = "default"
 
 
 def require_files(paths: Sequence[Path]) -> list[Path]:
@@ -42,14 +43,22 @@ def require_files(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def load_cells(paths: Sequence[Path]) -> pl.DataFrame:
-    """All attack-cell rows of the listed Parquet files, schema-checked, one frame."""
-    return _load(require_files(paths), CELL_COLUMNS, CELL_ROW_KEYS, _NOT_NULL, "attack cell")
+def load_cells(paths: Sequence[Path], suite: str = DEFAULT_SUITE) -> pl.DataFrame:
+    """All attack-cell rows of the listed Parquet files, schema-checked, one frame, with the
+    aggregated ``suite`` name as first column (rows carry none)."""
+    frame = _load(require_files(paths), CELL_COLUMNS, CELL_ROW_KEYS, _NOT_NULL, "attack cell")
+    return with_suite(frame, suite)
 
 
-def load_autoattack(paths: Sequence[Path]) -> pl.DataFrame:
-    """All AutoAttack rows of the listed Parquet files, schema-checked, one frame."""
-    return _load(require_files(paths), AA_COLUMNS, AA_ROW_KEYS, _AA_NOT_NULL, "AutoAttack")
+def load_autoattack(paths: Sequence[Path], suite: str = DEFAULT_SUITE) -> pl.DataFrame:
+    """All AutoAttack rows of the listed Parquet files, schema-checked, one frame (+ suite)."""
+    frame = _load(require_files(paths), AA_COLUMNS, AA_ROW_KEYS, _AA_NOT_NULL, "AutoAttack")
+    return with_suite(frame, suite)
+
+
+def with_suite(frame: pl.DataFrame, suite: str) -> pl.DataFrame:
+    """``frame`` with a first column ``suite`` (the name of the suite being aggregated)."""
+    return frame.select(pl.lit(suite, dtype=pl.String).alias("suite"), pl.all())
 
 
 def _load(
@@ -89,7 +98,8 @@ def _read(path: Path, columns: dict[str, pl.DataType], kind: str) -> pl.DataFram
 
 
 def load_timings(
-    timing_paths: Sequence[Path], cell_paths: Sequence[Path], aa_paths: Sequence[Path]
+    timing_paths: Sequence[Path], cell_paths: Sequence[Path], aa_paths: Sequence[Path],
+    suite: str = DEFAULT_SUITE,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(cell timing, AutoAttack timing) frames from the listed timing files.
 
@@ -111,10 +121,11 @@ def load_timings(
             raise ValueError(f"timing file {path} is not valid JSON ({err})") from err
         key = _sibling(path)
         if isinstance(data, list) and key in cells:
-            ident = _identity(cells[key], ["suite", "dataset", "model", "loss", "budget"])
+            ident = {"suite": suite,
+                     **_identity(cells[key], ["dataset", "model", "loss", "budget"])}
             cell_rows.extend(_cell_records(path, data, ident))
         elif isinstance(data, dict) and key in attacks:
-            ident = _identity(attacks[key], ["suite", "dataset", "model"])
+            ident = {"suite": suite, **_identity(attacks[key], ["dataset", "model"])}
             aa_rows.append({**ident, "wall_time_s": _aa_total(path, data)})
         else:
             raise ValueError(f"timing file {path} has no matching listed result file {key}")

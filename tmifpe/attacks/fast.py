@@ -273,8 +273,7 @@ def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg
 
 
 def _cpu_verdict(v: Verdict) -> Verdict:
-    return Verdict(*(t.cpu() for t in (v.valid, v.pred_fp32, v.pred_fp64, v.margin_fp32,
-                                       v.margin_fp64, v.nonfinite_logits)))
+    return v.cpu()
 
 
 def _concat(parts: list[FastResult]) -> FastResult:
@@ -286,9 +285,7 @@ def _concat(parts: list[FastResult]) -> FastResult:
 
     tensors = ("x_adv", "success", "clean_correct", "n_forward", "n_backward", "n_queries",
                "n_verify", "zero_grad_steps", "nonfinite_steps", "guard_broken")
-    verdict = Verdict(*(torch.cat([getattr(p.verdict, f) for p in parts])
-                        for f in ("valid", "pred_fp32", "pred_fp64", "margin_fp32",
-                                  "margin_fp64", "nonfinite_logits")))
+    verdict = Verdict.cat([p.verdict for p in parts])
     kw = {name: cat(name) for name in tensors}
     return FastResult(broken_by=[b for p in parts for b in p.broken_by],
                       randomized=any(p.randomized for p in parts), verdict=verdict, **kw)

@@ -38,10 +38,10 @@ from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.runtime import resolve_device
+from tmifpe.storage import write_json, write_parquet
 from tmifpe.verify import verify
 
 # Iterations per run: two of the default suite's budgets. 100 would be APGD's standard length,

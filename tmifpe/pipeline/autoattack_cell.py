@@ -12,13 +12,12 @@ import polars as pl
 from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
 from tmifpe.data.sources import load_eval_points
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.hashing import sha256_path
 from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.progress import Progress
-from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.runtime import resolve_device
+from tmifpe.storage import sha256_path, write_json, write_parquet
 from tmifpe.verify import verify
 
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"

@@ -25,12 +25,11 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LOSSES, LossName, get_loss
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.hashing import sha256_path
 from tmifpe.pipeline.progress import Progress
-from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.runtime import resolve_device
+from tmifpe.storage import sha256_path, write_json, write_parquet
 from tmifpe.verify import verify
 
 ENGINE_FILES = (

@@ -13,9 +13,9 @@ from torch import Tensor
 from tmifpe.attacks.fast import FastConfig, FastResult, run_fast
 from tmifpe.data.sources import load_eval_points
 from tmifpe.models.zoo import load_model
-from tmifpe.pipeline.atomic import write_json, write_parquet
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.runtime import resolve_device
+from tmifpe.runtime import resolve_device
+from tmifpe.storage import write_json, write_parquet
 
 TUNING, HELD_OUT = "tuning", "held_out"
 SOURCE_FILES = ("stages/fast.py", "tmifpe/pipeline/fast_cell.py", "tmifpe/pipeline/fast_config.py",

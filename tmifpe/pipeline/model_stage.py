@@ -20,12 +20,11 @@ import torch
 import tmifpe
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.hashing import sha256_path
-from tmifpe.pipeline.runtime import resolve_device
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.runtime import resolve_device
+from tmifpe.storage import sha256_path, write_json
 
 
 def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:

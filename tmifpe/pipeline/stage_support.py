@@ -3,7 +3,7 @@
 The process settings a stage's floats can depend on come from params, not from the caller's
 environment: the hash seed (``suite.hash_seed``: a stage started with another PYTHONHASHSEED
 re-executes itself once with the right one, since Python fixes it at start-up) and the thread
-count and torch kernel flags (``suite.threads``, tmifpe/pipeline/runtime.py).
+count and torch kernel flags (``suite.threads``, :func:`tmifpe.runtime.numerics`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tmifpe.pipeline.config import ParamsError, SuiteParams, load_params
 from tmifpe.pipeline.runlog import record_run
-from tmifpe.pipeline.runtime import configure
+from tmifpe.runtime import numerics
 
 # Errors a user can cause (bad params, missing or corrupt files): message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, ValueError, FileNotFoundError,
@@ -45,9 +45,9 @@ def run_stage(body: Callable[[SuiteParams], None], params_path: Path = Path("par
     try:
         suite = load_params(params_path)
         apply_hash_seed(suite.hash_seed)
-        configure(suite.threads)
         record_run("start")
-        body(suite)
+        with numerics(suite.threads):
+            body(suite)
         record_run("done")
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
