@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from tmifpe.aggregate.compare_aa import attack_cost, autoattack_summary, vs_autoattack, with_aa_gap
+from tmifpe.aggregate.environment import environment_table
 from tmifpe.aggregate.fast import FAST_KEYS, fast_table, load_fast
 from tmifpe.aggregate.inputs import (
     DEFAULT_SUITE,
@@ -36,6 +37,7 @@ TABLE_KEYS: dict[str, list[str]] = {
     "nonfinite": RUN_KEYS,
     "robust_vs_iterations": [*RUN_KEYS, "iteration"],
     "fast": FAST_KEYS,  # the fast preset vs AA per split (tmifpe/aggregate/fast.py)
+    "environment": ["suite", "kind", "file"],  # tmifpe/aggregate/environment.py
 }
 
 
@@ -85,6 +87,8 @@ def aggregate(
         "nonfinite": nonfinite(cells, aa),
         "robust_vs_iterations": robust_vs_iterations(cells),
         "fast": fast_table(*load_fast(fast_files, suite), aa, aa_timing),  # results/fast
+        "environment": environment_table({"attack": cell_paths, "autoattack": aa_paths,
+                                          "fast": require_files(fast_files)}, suite),
     }
     return {name: sort_table(name, table) for name, table in tables.items()}
 

@@ -10,6 +10,7 @@ import torch
 
 import tmifpe
 from tmifpe.aggregate import TABLE_KEYS
+from tmifpe.aggregate.environment import environment_summary
 from tmifpe.diagnostics import OUT_DIR as DIAGNOSTICS_DIR
 from tmifpe.diagnostics import output_paths as diagnostics_outputs
 from tmifpe.diagnostics import report as diagnostics_report
@@ -35,7 +36,13 @@ def build_report(suite: SuiteParams, root: Path = Path(".")) -> list[Path]:
                       f"seed {suite.attack.seed}, T-MIFPE rule {suite.attack.tstar_rule}",
             "autoattack": f"standard (pyautoattack 0.2.0), seed {suite.autoattack.seed}, "
                           f"batch size {suite.autoattack.batch_size}",
-            "versions": f"tmifpe {tmifpe.__version__}, torch {torch.__version__}"}
+            "versions": f"tmifpe {tmifpe.__version__}, torch {torch.__version__} (report)"}
+    env_lines, mixed = environment_summary(tables["environment"])
+    meta["computed on"] = "; ".join(env_lines) or "no environment recorded"
+    if mixed:
+        meta["warning"] = (f"results from {len(env_lines)} environments are mixed: figures are "
+                           "bitwise reproducible only within one hardware class and library "
+                           "versions")
     # sections of the per-model stages, read for exactly the models of the grid
     diag = [p for m in suite.models
             for p in diagnostics_outputs(m, root / DIAGNOSTICS_DIR) if p.exists()]
