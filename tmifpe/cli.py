@@ -251,6 +251,15 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
 
 
 def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tuple[Any, float]:
+    """AutoAttack on the same points under the runtime contract (``--threads``)."""
+    from tmifpe.runtime import numerics
+
+    with numerics(ctx["threads"]):
+        return _autoattack_frame(ctx, seed, batch_size, bar)
+
+
+def _autoattack_frame(ctx: dict[str, Any], seed: int, batch_size: int,
+                      bar: Any) -> tuple[Any, float]:
     import torch
 
     from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
