@@ -17,17 +17,18 @@ import polars as pl
 from tmifpe.evaluation.schema import AA_SCHEMA, CELL_SCHEMA
 
 CELL_DEFAULTS = {
-    "suite": "default", "dataset": "digits", "restarts": 1, "n_targets": 0, "eps": 0.3,
+    "dataset": "digits", "restarts": 1, "n_targets": 0, "eps": 0.3,
     "seed": 0, "label": 0, "attack_success": False, "valid": True, "false_success": False,
     "fp32_fp64_disagree": False, "first_success_iter": -1, "success_target": -1,
     "margin_fp32": 1.0, "margin_fp64": 1.0, "n_forward": 0, "n_backward": 0,
-    "zero_grad_steps": 0, "nonfinite_steps": 0, "dtype_only_hits": 0,
+    "zero_grad_steps": 0, "nonfinite_steps": 0, "dtype_only_hits": 0, "nonfinite_fp32": False,
+    "nonfinite_fp64": False,
 }
 AA_DEFAULTS = {
-    "suite": "default", "dataset": "digits", "eps": 0.3, "seed": 0, "batch_size": 250,
+    "dataset": "digits", "eps": 0.3, "seed": 0, "batch_size": 250,
     "label": 0, "broken_by": "", "robust_after_apgd_ce": True, "robust_after_apgd_t": True,
     "robust_after_fab_t": True, "robust_after_square": True, "valid": True, "margin_fp32": 1.0,
-    "n_grad": 0, "n_queries": 0,
+    "n_grad": 0, "n_queries": 0, "nonfinite_fp32": False, "nonfinite_fp64": False,
 }
 
 

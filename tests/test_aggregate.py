@@ -214,6 +214,7 @@ def test_precision_effect(tables):
 def test_nan_inf_and_missing_margins_are_surfaced(tmp_path):
     rows = run_rows([(clean, clean, -1) for clean, _, _ in CE_FP32], precision="fp32")
     rows[0]["margin_fp32"] = math.nan
+    rows[0]["nonfinite_fp32"] = True  # NaN verdict logits: counted, never broken
     rows[1]["margin_fp64"] = math.inf
     rows[2]["margin_fp32"] = None
     rows[3]["nonfinite_steps"] = 3
@@ -229,6 +230,7 @@ def test_nan_inf_and_missing_margins_are_surfaced(tmp_path):
     assert (row["n_nan_margin_fp32"], row["n_null_margin_fp32"], row["n_inf_margin_fp64"]) == (
         1, 1, 1)
     assert (row["n_examples_nonfinite_steps"], row["nonfinite_steps"]) == (1, 3)
+    assert (row["n_nonfinite_fp32"], row["n_nonfinite_fp64"]) == (1, 0)
     aa_row = one(nf, loss="autoattack")
     assert aa_row["budget"] is None and aa_row["n_inf_margin_fp32"] == 1
     assert aa_row["n_nan_margin_fp64"] is None

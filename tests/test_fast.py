@@ -153,7 +153,7 @@ def _fast_file(tmp_path, robust: list[bool], passes: list[int], split: list[str]
                guard: list[bool], wall: float):
     n = len(robust)
     frame = pl.DataFrame({
-        "suite": ["default"] * n, "dataset": ["digits"] * n, "model": ["m1"] * n,
+        "dataset": ["digits"] * n, "model": ["m1"] * n,
         "preset": ["p"] * n, "example": list(range(n)), "split": split,
         "clean_correct": [True] * n, "robust_fp32": robust, "robust_fp64": robust,
         "passes": passes, "guard_broken": guard, "flag_zero_grad": [False] * n,

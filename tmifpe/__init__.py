@@ -1,7 +1,8 @@
 """tmifpe: floating-point error in adversarial-attack gradients, measured and fixed (T-MIFPE).
 
 ``tmifpe.evaluate(model, x, y, loss=..., eps=..., budget=..., precision=..., targets=...)`` runs
-a verified PGD evaluation and returns an :class:`tmifpe.api.EvalResult` (see :mod:`tmifpe.api`).
+a verified PGD evaluation and returns an :class:`tmifpe.api.EvalResult`;
+``tmifpe.evaluate_fast(model, x, y, eps=...)`` runs the fast preset (see :mod:`tmifpe.api`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["EvalResult", "__version__", "evaluate"]
+__all__ = ["EvalResult", "FastRun", "__version__", "evaluate", "evaluate_fast"]
 
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the API is used
-    if name in ("evaluate", "EvalResult"):
+    if name in ("evaluate", "evaluate_fast", "EvalResult", "FastRun"):
         from tmifpe import api
 
         return getattr(api, name)

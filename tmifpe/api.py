@@ -19,44 +19,53 @@ cells, so the same model, points and settings give the cells' per-example result
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
+from typing import Any
 
 import polars as pl
 import torch
 from torch import Tensor, nn
 
-from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
-from tmifpe.attacks.runs import batch_seed
+from tmifpe.attacks.fast import FastConfig
 from tmifpe.attacks.schedule import Schedule
-from tmifpe.losses import get_loss, parse_loss
-from tmifpe.precision import Precision, PrecisionModel, parse_precision
-from tmifpe.verify import verify
+from tmifpe.evaluation.attack import (
+    AttackSettings,
+    BatchProgress,
+    robust_columns,
+    run_attack,
+    unit_frame,
+)
+from tmifpe.evaluation.fast import FastRun, run_fast_eval
+from tmifpe.losses import parse_loss
+from tmifpe.precision import parse_precision
 
-BatchProgress = Callable[[int, int], None]  # (points done, points total), after each batch
+__all__ = ["BatchProgress", "EvalResult", "FastRun", "evaluate", "evaluate_fast"]
 
 
 @dataclass(frozen=True)
 class EvalResult:
     """Per-example outcome of :func:`evaluate` ((N,) CPU tensors unless noted) and its settings.
 
-    ``robust`` is the headline verdict: clean-correct and not (``valid`` and misclassified by a
-    fresh fp32 forward pass of ``x_adv``). ``attack_success`` is the engine's confirmed success
-    (attack dtype and fp32 agree); ``dtype_only_hits`` counts iterates only the attack dtype
-    called misclassified (docs/results-schema.md).
+    ``robust`` is the headline verdict: clean-correct (finite fp32 clean logits, argmax = label)
+    and not broken (``valid``, finite fp32 logits of ``x_adv`` and argmax ≠ label, by a fresh
+    fp32 forward pass). ``attack_success`` is the engine's confirmed success (attack dtype and
+    fp32 agree); ``dtype_only_hits`` counts iterates only the attack dtype called misclassified
+    (docs/results-schema.md). ``environment`` is :func:`tmifpe.runtime.environment`.
     """
 
     x_adv: Tensor  # (N, ...) float32
     label: Tensor  # int64
-    clean_correct: Tensor  # bool, fp32 clean forward pass
+    clean_correct: Tensor  # bool, fp32 clean forward pass (finite logits, argmax = label)
     attack_success: Tensor  # bool
     valid: Tensor  # bool: inside the eps-ball (float64 check) and [0,1]
     robust: Tensor  # bool, fp32 verdict
     robust_fp64: Tensor  # bool, fp64 verdict
     pred_fp32: Tensor  # int64
+    pred_fp64: Tensor  # int64
     margin_fp32: Tensor  # float64: z_y − max_{j≠y} z_j at fp32
     margin_fp64: Tensor  # float64
+    nonfinite_fp32: Tensor  # bool: NaN/±Inf in the fp32 verdict logits of x_adv
+    nonfinite_fp64: Tensor  # bool
     first_success_iter: Tensor  # int32-valued int64, -1 never
     success_target: Tensor  # int64, -1 none
     n_forward: Tensor  # int64
@@ -72,6 +81,7 @@ class EvalResult:
     restarts: int
     seed: int
     wall_time_s: float
+    environment: dict[str, Any]
 
     @property
     def n(self) -> int:
@@ -90,32 +100,16 @@ class EvalResult:
         """Mean forward + backward passes per point (the aggregate tables' cost measure)."""
         return float((self.n_forward + self.n_backward).double().mean())
 
-    def frame(self, *, suite: str = "evaluate", dataset: str = "", model: str = "") -> pl.DataFrame:
+    def frame(self, *, dataset: str = "", model: str = "") -> pl.DataFrame:
         """The rows of an attack cell's Parquet (docs/results-schema.md), one per example."""
-        n, y = self.n, self.label
-        broken32 = self.valid & (self.pred_fp32 != y)
-        return pl.DataFrame({
-            "suite": [suite] * n, "dataset": [dataset] * n, "model": [model] * n,
-            "loss": [self.loss] * n, "targeted": [self.n_targets > 0] * n,
-            "precision": [self.precision] * n,
-            "budget": pl.Series([self.budget] * n, dtype=pl.Int32),
-            "restarts": pl.Series([self.restarts] * n, dtype=pl.Int32),
-            "n_targets": pl.Series([self.n_targets] * n, dtype=pl.Int32),
-            "eps": [float(self.eps)] * n, "seed": [self.seed] * n,
-            "example": torch.arange(n).numpy(), "label": y.numpy(),
-            "clean_correct": self.clean_correct.numpy(),
-            "attack_success": self.attack_success.numpy(), "valid": self.valid.numpy(),
-            "robust_fp32": self.robust.numpy(), "robust_fp64": self.robust_fp64.numpy(),
-            "false_success": (self.attack_success & ~broken32).numpy(),
-            "fp32_fp64_disagree": (self.robust != self.robust_fp64).numpy(),
-            "first_success_iter": pl.Series(self.first_success_iter.numpy(), dtype=pl.Int32),
-            "success_target": self.success_target.numpy(),
-            "margin_fp32": self.margin_fp32.numpy(), "margin_fp64": self.margin_fp64.numpy(),
-            "n_forward": self.n_forward.numpy(), "n_backward": self.n_backward.numpy(),
-            "zero_grad_steps": self.zero_grad_steps.numpy(),
-            "nonfinite_steps": self.nonfinite_steps.numpy(),
-            "dtype_only_hits": self.dtype_only_hits.numpy(),
-        })
+        columns = {k: getattr(self, k) for k in (
+            "label", "clean_correct", "attack_success", "valid", "pred_fp32", "pred_fp64",
+            "margin_fp32", "margin_fp64", "nonfinite_fp32", "nonfinite_fp64",
+            "first_success_iter", "success_target", "n_forward", "n_backward",
+            "zero_grad_steps", "nonfinite_steps", "dtype_only_hits")}
+        return unit_frame(columns, dataset=dataset, model=model, loss=self.loss,
+                          precision=self.precision, budget=self.budget, restarts=self.restarts,
+                          n_targets=self.n_targets, eps=self.eps, seed=self.seed)
 
 
 def evaluate(
@@ -135,6 +129,7 @@ def evaluate(
     batch_size: int = 500,
     tstar_rule: str = "coef",
     device: str | torch.device = "cpu",
+    threads: int | None = None,
     progress: BatchProgress | None = None,
 ) -> EvalResult:
     """PGD with ``loss`` at ``precision`` for ``budget`` iterations on float32 ``x`` in [0,1]
@@ -142,7 +137,9 @@ def evaluate(
 
     ``targets`` = 0: untargeted; T > 0: targeted, one run per target class (clean ranks
     2…T+1) on the points still robust. Normalisation belongs inside ``model`` (as in
-    AutoAttack and RobustBench). Raises ValueError naming a bad argument.
+    AutoAttack and RobustBench). Runs under :func:`tmifpe.runtime.numerics` ``(threads)`` (IEEE
+    fp32, deterministic kernels; the caller's torch settings are restored afterwards) on copies
+    of ``model`` (left in its mode and on its device). Raises ValueError naming a bad argument.
     """
     loss_name = parse_loss(loss)
     prec = parse_precision(precision)
@@ -152,56 +149,42 @@ def evaluate(
         raise ValueError(f"targets must be an int >= 0 (0 = untargeted), got {targets!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = torch.device(device)
-    model = model.to(dev).eval()
-    ref32 = PrecisionModel(model, Precision.FP32)
-    ref64 = PrecisionModel(model, Precision.FP64)
-    # the attacked copy; its successes are confirmed by the shared fp32 reference
-    attacked = ref32 if prec is Precision.FP32 else PrecisionModel(model, prec, reference=ref32)
-    loss_fn = get_loss(loss_name, tstar_rule=tstar_rule)
-    targeted = targets > 0
-    parts: list[dict[str, Tensor]] = []
-    t0 = time.perf_counter()
-    n_used = 0
-    for b, start in enumerate(range(0, x.shape[0], batch_size)):
-        xb = x[start : start + batch_size].to(dev)
-        yb = y[start : start + batch_size].to(dev)
-        with torch.no_grad():
-            clean_logits = ref32(xb)
-        if clean_logits.ndim != 2 or int(yb.max()) >= clean_logits.shape[1]:
-            raise ValueError(f"model returns logits of shape {tuple(clean_logits.shape)}; labels "
-                             f"go up to {int(yb.max())}: need (N, K) logits with K > max label")
-        clean_correct = (clean_logits.argmax(dim=1) == yb).cpu()
-        tgt = attack_targets(clean_logits, targets) if targeted else None
-        n_used = 0 if tgt is None else int(tgt.shape[1])
-        cfg = PGDConfig(eps=eps, steps=budget, schedule=sched, momentum=momentum,
-                        restarts=restarts, targeted=targeted, n_targets=n_used, seed=seed)
-        gen = torch.Generator().manual_seed(batch_seed(seed, targeted, b))
-        res = run_pgd(attacked, xb, yb, loss_fn, cfg, attack_mask=clean_correct, targets=tgt,
-                      generator=gen)
-        v = verify(ref32, ref64, xb, res.x_adv.to(dev), yb, eps)
-        y_cpu = yb.cpu()
-        parts.append({
-            "x_adv": res.x_adv.cpu(), "label": y_cpu, "clean_correct": clean_correct,
-            "attack_success": res.success.cpu(), "valid": v.valid.cpu(),
-            "robust": clean_correct & ~v.broken(yb).cpu(),
-            "robust_fp64": clean_correct & ~v.broken(yb, fp64=True).cpu(),
-            "pred_fp32": v.pred_fp32.cpu(), "margin_fp32": v.margin_fp32.cpu(),
-            "margin_fp64": v.margin_fp64.cpu(),
-            "first_success_iter": res.first_success_iter.cpu(),
-            "success_target": res.success_target.cpu(), "n_forward": res.n_forward.cpu(),
-            "n_backward": res.n_backward.cpu(), "zero_grad_steps": res.zero_grad_steps.cpu(),
-            "nonfinite_steps": res.nonfinite_steps.cpu(),
-            "dtype_only_hits": res.dtype_only_hits.cpu(),
-        })
-        if progress is not None:
-            progress(min(start + batch_size, x.shape[0]), x.shape[0])
-    wall = time.perf_counter() - t0
-    tensors = {f.name: torch.cat([p[f.name] for p in parts]) for f in fields(EvalResult)
-               if f.name in parts[0]}
-    return EvalResult(**tensors, loss=loss_name.value, eps=float(eps), budget=budget,
-                      precision=prec.value, n_targets=n_used, restarts=restarts, seed=seed,
-                      wall_time_s=wall)
+    settings = AttackSettings(loss=loss_name, eps=float(eps), budget=budget, schedule=sched,
+                              momentum=momentum, restarts=restarts, seed=seed,
+                              batch_size=batch_size, tstar_rule=tstar_rule)
+    run = run_attack(model, x, y, settings, prec, n_targets=targets, device=device,
+                     threads=threads, progress=progress)
+    robust32, robust64 = robust_columns(run.columns)
+    return EvalResult(**run.columns, robust=robust32, robust_fp64=robust64,
+                      loss=loss_name.value, eps=float(eps), budget=budget, precision=prec.value,
+                      n_targets=run.n_targets, restarts=restarts, seed=seed,
+                      wall_time_s=run.wall_time_s, environment=run.environment)
+
+
+def evaluate_fast(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    seed: int = 0,
+    batch_size: int = 500,
+    config: FastConfig | None = None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    dataset: str = "",
+    model_name: str = "",
+) -> FastRun:
+    """The fast preset (docs/fast.md, :mod:`tmifpe.attacks.fast`) on float32 ``x`` in [0,1]
+    with int64 labels ``y``; ``config`` gives other phases/guard than the preset's (its eps,
+    seed and batch size are replaced by the arguments).
+    Returns the per-example frame (``FAST_SCHEMA``, every point labelled held-out), wall time
+    and environment; same runtime contract and model handling as :func:`evaluate`."""
+    _check_points(x, y)
+    cfg = replace(config or FastConfig(eps=float(eps)), eps=float(eps), seed=seed,
+                  batch_size=batch_size)
+    return run_fast_eval(model, x, y, cfg, dataset=dataset, model_name=model_name,
+                         device=device, threads=threads)
 
 
 def _parse_schedule(name: str) -> Schedule:

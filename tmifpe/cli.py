@@ -45,6 +45,12 @@ class Attack(str, enum.Enum):
     FAST = "fast"  # the fast preset (tmifpe/attacks/fast.py, docs/fast.md); ignores --loss etc.
 
 
+class ThreatModel(str, enum.Enum):
+    """Threat models the attacks implement (l-inf only)."""
+
+    LINF = "Linf"
+
+
 DEFAULT_EPS = {"digits": 0.2, "mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}
 SCHEMA_DOC = "docs/results-schema.md"
 
@@ -79,9 +85,9 @@ def evaluate(
              "(torchvision ImageFolder).")],
     out: Annotated[Path, typer.Option(help="Output folder: summary.json, examples.parquet.")],
     loss: Annotated[LossName, typer.Option(help="Attack loss.")] = LossName.TMIFPE,
-    eps: Annotated[float | None, typer.Option(
-        help="l-inf radius in [0,1] pixel units (default: 0.2 digits, 0.3 mnist, 8/255 "
-             "cifar; required for a folder).")] = None,
+    eps: Annotated[str | None, typer.Option(
+        help="l-inf radius in [0,1] pixel units, a number or a fraction such as 8/255 "
+             "(default: 0.2 digits, 0.3 mnist, 8/255 cifar; required for a folder).")] = None,
     budget: Annotated[int, typer.Option(min=1, help="PGD iterations per run.")] = 100,
     precision: Annotated[Precision, typer.Option(
         help="dtype of model and loss during the attack (verdicts always at fp32).")
@@ -97,11 +103,14 @@ def evaluate(
     weights: Annotated[Path | None, typer.Option(
         help="State dict for a package.module:factory model (torch.load weights_only).")
     ] = None,
-    threat_model: Annotated[str, typer.Option(help="RobustBench threat model.")] = "Linf",
+    threat_model: Annotated[ThreatModel, typer.Option(
+        help="Threat model (of the attacks and of a RobustBench ID).")] = ThreatModel.LINF,
     seed: Annotated[int, typer.Option(help="Attack seed.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Points per batch.")] = 500,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")] = None,
+    device: Annotated[str, typer.Option(
+        help="cpu, cuda, cuda:N or auto (CUDA when present).")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for torch during the attacks (default: torch's).")] = None,
     data_dir: Annotated[Path, typer.Option(
         help="Where torchvision keeps (or downloads) mnist/cifar.")] = Path("data/raw"),
     model_dir: Annotated[Path, typer.Option(
@@ -113,8 +122,8 @@ def evaluate(
     from tmifpe.models.spec import ModelSpecError
 
     try:
-        ctx = _prepare(model, dataset, weights, eps, n_examples, threat_model, device, threads,
-                       data_dir, model_dir, out)
+        ctx = _prepare(model, dataset, weights, eps, n_examples, threat_model.value, device,
+                       threads, data_dir, model_dir, out)
         summary = _run(ctx, loss.value, budget, precision.value, targets, attack, vs_autoattack,
                        seed, batch_size)
     except (ModelSpecError, DatasetSpecError, ValueError, FileNotFoundError) as err:
@@ -122,7 +131,17 @@ def evaluate(
     _print_summary(summary)
 
 
-def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
+def parse_eps(text: str) -> float:
+    """``"8/255"`` or ``"0.03"`` -> float; one-line ValueError naming the value otherwise."""
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--eps {text!r} is not a number; expected e.g. 0.03 or 8/255") from None
+
+
+def _prepare(model: str, dataset: str, weights: Path | None, eps_text: str | None,
              n_examples: int | None, threat_model: str, device: str, threads: int | None,
              data_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
     """Check every argument, then load data and model (cheap checks first)."""
@@ -133,10 +152,12 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
 
     spec = parse_model_spec(model, weights)
     check_dataset_spec(dataset)
-    if eps is None:
+    if eps_text is None:
         if dataset not in NAMED:
             raise ValueError(f"--eps is required for an image folder (--dataset {dataset})")
         eps = DEFAULT_EPS[dataset]
+    else:
+        eps = parse_eps(eps_text)
     if not 0.0 < eps <= 1.0:
         raise ValueError(f"--eps {eps} out of range; expected 0 < eps <= 1 (pixels in [0,1])")
     if out.exists() and not out.is_dir():
@@ -153,7 +174,7 @@ def _prepare(model: str, dataset: str, weights: Path | None, eps: float | None,
                           model_dir=model_dir)
     n_classes = _check_model_fits(net, data, spec.value, dataset)
     return {"spec": spec, "data": data, "model": net, "eps": float(eps), "device": dev,
-            "n_classes": n_classes,
+            "n_classes": n_classes, "threads": threads,
             "out": out, "dataset_arg": dataset, "weights": weights}
 
 
@@ -179,9 +200,13 @@ def _check_model_fits(net: Any, data: Any, model: str, dataset: str) -> int:
 
 def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: int,
          attack: Attack, vs_autoattack: bool, seed: int, batch_size: int) -> dict[str, Any]:
+    """Run the chosen runner (``tmifpe.evaluate`` or ``tmifpe.evaluate_fast``) and, with
+    ``--vs-autoattack``, AutoAttack; write the outputs; return summary.json's content."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tmifpe.api import evaluate as run_evaluate
+    from tmifpe.api import evaluate_fast
     from tmifpe.storage import write_json, write_parquet
 
     data, net, out = ctx["data"], ctx["model"], ctx["out"]
@@ -189,86 +214,52 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
     if vs_autoattack and ctx["n_classes"] < 4:
         raise ValueError(f"--vs-autoattack needs a model with >= 4 classes (targeted DLR), "
                          f"--model has {ctx['n_classes']}")
-    if attack is Attack.FAST:
-        return _run_fast(ctx, vs_autoattack, seed, batch_size)
+    common = {"device": ctx["device"], "threads": ctx["threads"]}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    from rich.console import Console
-
     with Progress(*columns, console=Console(stderr=True), redirect_stdout=False) as bar:
-        task = bar.add_task(f"{attack.value} {loss} {precision} budget {budget}", total=n)
-        res = run_evaluate(net, data.x, data.y, loss=loss, eps=ctx["eps"], budget=budget,
-                           precision=precision, targets=targets, seed=seed,
-                           batch_size=batch_size, device=ctx["device"],
-                           progress=lambda done, total: bar.update(task, completed=done))
-        frame = res.frame(dataset=data.name, model=ctx["spec"].name)
+        if attack is Attack.FAST:
+            bar.add_task("fast preset", total=None)
+            fast = evaluate_fast(net, data.x, data.y, eps=ctx["eps"], seed=seed,
+                                 batch_size=batch_size, dataset=data.name,
+                                 model_name=ctx["spec"].name, **common)
+            frame, wall, env = fast.frame, fast.wall_time_s, fast.environment
+        else:
+            task = bar.add_task(f"{attack.value} {loss} {precision} budget {budget}", total=n)
+            res = run_evaluate(net, data.x, data.y, loss=loss, eps=ctx["eps"], budget=budget,
+                               precision=precision, targets=targets, seed=seed,
+                               batch_size=batch_size,
+                               progress=lambda done, total: bar.update(task, completed=done),
+                               **common)
+            frame, wall, env = res.frame(dataset=data.name, model=ctx["spec"].name), \
+                res.wall_time_s, res.environment
         aa = _autoattack(ctx, seed, batch_size, bar) if vs_autoattack else None
-    summary = summarise(frame, wall_time_s=res.wall_time_s, aa_frame=aa[0] if aa else None,
-                        aa_wall_time_s=aa[1] if aa else None)
+    summarise_run = summarise_fast if attack is Attack.FAST else summarise
+    summary = summarise_run(frame, wall_time_s=wall, aa_frame=aa[0] if aa else None,
+                            aa_wall_time_s=aa[1] if aa else None)
     summary.update({"model_spec": ctx["spec"].value, "model_kind": ctx["spec"].kind,
                     "weights": None if ctx["weights"] is None else str(ctx["weights"]),
                     "dataset_spec": ctx["dataset_arg"], "attack": attack.value,
-                    "schema": SCHEMA_DOC})
+                    "schema": "docs/fast.md" if attack is Attack.FAST else SCHEMA_DOC,
+                    "environment": env})
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(frame, out / "examples.parquet")
+    write_parquet(frame, out / "examples.parquet", metadata={"environment": env})
     if aa is not None:
-        write_parquet(aa[0], out / "autoattack.parquet")
+        write_parquet(aa[0], out / "autoattack.parquet", metadata={"environment": env})
     write_json(summary, out / "summary.json")
     return summary
 
 
-def _run_fast(ctx: dict[str, Any], vs_autoattack: bool, seed: int,
-              batch_size: int) -> dict[str, Any]:
-    """``--attack fast``: the preset on every point (schema of results/fast/, docs/fast.md);
-    summary with the same cost units as PGD (passes) and, with AutoAttack, the preset's gap."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from tmifpe.attacks.fast import FastConfig
-    from tmifpe.pipeline.fast_cell import evaluate_rows
-    from tmifpe.storage import write_json, write_parquet
-
-    data, net, out, dev = ctx["data"], ctx["model"], ctx["out"], ctx["device"]
-    config = FastConfig(eps=ctx["eps"], seed=seed, batch_size=batch_size)
-    meta = {"suite": "evaluate", "dataset": data.name, "model": ctx["spec"].name}
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        bar.add_task(f"fast preset {config.name}", total=None)
-        t0 = time.perf_counter()
-        frame = evaluate_rows(net.to(dev), data.x.to(dev), data.y.to(dev), config, meta)
-        wall = time.perf_counter() - t0
-        aa = _autoattack(ctx, seed, batch_size, bar) if vs_autoattack else None
-    s: dict[str, Any] = {
-        "model": meta["model"], "dataset": meta["dataset"], "n_examples": frame.height,
-        "attack": "fast", "preset": config.name, "eps": ctx["eps"], "seed": seed,
-        "clean_acc": frame["clean_correct"].mean(), "robust_acc": frame["robust_fp32"].mean(),
-        "robust_acc_fp64": frame["robust_fp64"].mean(),
-        "n_invalid": int((frame["success"] & ~frame["valid"]).sum()),
-        "guard_broken": int(frame["guard_broken"].sum()),
-        "flag_zero_grad": int(frame["flag_zero_grad"].sum()),
-        "flag_nonfinite": int(frame["flag_nonfinite"].sum()),
-        "cost": {"passes_per_point": frame["passes"].mean(), "wall_time_s": round(wall, 4)},
-        "model_spec": ctx["spec"].value, "dataset_spec": ctx["dataset_arg"],
-        "schema": "docs/fast.md",
-    }
-    if aa is not None:
-        aa_frame, aa_wall = aa
-        aa_passes = aa_frame.select((2 * aa_frame["n_grad"] + aa_frame["n_queries"]).mean()).item()
-        s["autoattack_robust_acc"] = aa_frame["robust_fp32"].mean()
-        s["autoattack_clean_acc"] = aa_frame["clean_correct"].mean()
-        s["autoattack_cost"] = {"passes_per_point": aa_passes, "wall_time_s": round(aa_wall, 4)}
-        s["gap_vs_aa_pts"] = 100 * (s["robust_acc"] - s["autoattack_robust_acc"])
-        s["pass_ratio"] = s["cost"]["passes_per_point"] / aa_passes if aa_passes else None
-        s["time_ratio"] = wall / aa_wall if aa_wall else None
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(frame, out / "examples.parquet")
-    if aa is not None:
-        write_parquet(aa[0], out / "autoattack.parquet")
-    write_json(s, out / "summary.json")
-    return s
-
-
 def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tuple[Any, float]:
+    """AutoAttack on the same points under the runtime contract (``--threads``)."""
+    from tmifpe.runtime import numerics
+
+    with numerics(ctx["threads"]):
+        return _autoattack_frame(ctx, seed, batch_size, bar)
+
+
+def _autoattack_frame(ctx: dict[str, Any], seed: int, batch_size: int,
+                      bar: Any) -> tuple[Any, float]:
     import torch
 
     from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
@@ -295,27 +286,35 @@ def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tu
     return frame, float(sum(result.wall_time_s.values()))
 
 
-def summarise(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
-              aa_wall_time_s: float | None = None) -> dict[str, Any]:
-    """summary.json from the per-example frames: accuracies and cost in passes and seconds.
-
-    Cost per point: PGD mean(n_forward + n_backward); AutoAttack mean(2·n_grad + n_queries)
-    (one gradient evaluation = a forward and a backward pass), as in the aggregate tables.
-    """
-    import polars as pl
-
-    first = frame.row(0, named=True)
-    n = frame.height
-    s: dict[str, Any] = {
-        "model": first["model"], "dataset": first["dataset"], "n_examples": n,
-        "loss": first["loss"], "eps": first["eps"], "budget": first["budget"],
-        "precision": first["precision"], "targets": first["n_targets"],
-        "restarts": first["restarts"], "seed": first["seed"],
+def _verdict_counts(frame: Any) -> dict[str, Any]:
+    return {
         "clean_acc": frame["clean_correct"].mean(),
         "robust_acc": frame["robust_fp32"].mean(),
         "robust_acc_fp64": frame["robust_fp64"].mean(),
         "n_clean_correct": int(frame["clean_correct"].sum()),
         "n_robust": int(frame["robust_fp32"].sum()),
+        "n_nonfinite_fp32": int(frame["nonfinite_fp32"].sum()),
+        "n_nonfinite_fp64": int(frame["nonfinite_fp64"].sum()),
+    }
+
+
+def summarise(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
+              aa_wall_time_s: float | None = None) -> dict[str, Any]:
+    """summary.json of a PGD run from the per-example frames: accuracies, non-finite verdict
+    logits (``n_nonfinite_fp32``/``_fp64``) and cost in passes and seconds.
+
+    Cost per point: PGD mean(n_forward + n_backward); AutoAttack mean(2·n_grad + n_queries)
+    (:mod:`tmifpe.evaluation.cost`), as in the aggregate tables.
+    """
+    from tmifpe.evaluation.cost import attack_passes
+
+    first = frame.row(0, named=True)
+    s: dict[str, Any] = {
+        "model": first["model"], "dataset": first["dataset"], "n_examples": frame.height,
+        "loss": first["loss"], "eps": first["eps"], "budget": first["budget"],
+        "precision": first["precision"], "targets": first["n_targets"],
+        "restarts": first["restarts"], "seed": first["seed"],
+        **_verdict_counts(frame),
         "n_false_success": int(frame["false_success"].sum()),
         "n_invalid": int((~frame["valid"]).sum()),
         "nonfinite_steps": int(frame["nonfinite_steps"].sum()),
@@ -323,23 +322,55 @@ def summarise(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
         "cost": {
             "forward_per_point": frame["n_forward"].mean(),
             "backward_per_point": frame["n_backward"].mean(),
-            "passes_per_point": frame.select((pl.col("n_forward") + pl.col("n_backward"))
-                                             .mean()).item(),
+            "passes_per_point": frame.select(attack_passes().mean()).item(),
             "wall_time_s": round(wall_time_s, 4),
         },
     }
     if aa_frame is not None:
-        s["autoattack_robust_acc"] = aa_frame["robust_fp32"].mean()
-        s["autoattack_clean_acc"] = aa_frame["clean_correct"].mean()
-        s["autoattack_cost"] = {
-            "grad_per_point": aa_frame["n_grad"].mean(),
-            "queries_per_point": aa_frame["n_queries"].mean(),
-            "passes_per_point": aa_frame.select((2 * pl.col("n_grad") + pl.col("n_queries"))
-                                                .mean()).item(),
-            "wall_time_s": round(float(aa_wall_time_s or 0.0), 4),
-        }
+        s.update(_aa_summary(aa_frame, aa_wall_time_s))
         s["robust_acc_gap_vs_autoattack"] = s["robust_acc"] - s["autoattack_robust_acc"]
     return s
+
+
+def summarise_fast(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
+                   aa_wall_time_s: float | None = None) -> dict[str, Any]:
+    """summary.json of ``--attack fast`` (same cost unit as PGD: passes) and, with AutoAttack,
+    the preset's gap and pass/time ratios."""
+    first = frame.row(0, named=True)
+    s: dict[str, Any] = {
+        "model": first["model"], "dataset": first["dataset"], "n_examples": frame.height,
+        "preset": first["preset"], "eps": first["eps"], "seed": first["seed"],
+        **_verdict_counts(frame),
+        "n_invalid": int((frame["success"] & ~frame["valid"]).sum()),
+        "guard_broken": int(frame["guard_broken"].sum()),
+        "flag_zero_grad": int(frame["flag_zero_grad"].sum()),
+        "flag_nonfinite": int(frame["flag_nonfinite"].sum()),
+        "cost": {"passes_per_point": frame["passes"].mean(),
+                 "wall_time_s": round(wall_time_s, 4)},
+    }
+    if aa_frame is not None:
+        s.update(_aa_summary(aa_frame, aa_wall_time_s))
+        aa_cost = s["autoattack_cost"]
+        s["gap_vs_aa_pts"] = 100 * (s["robust_acc"] - s["autoattack_robust_acc"])
+        s["pass_ratio"] = (s["cost"]["passes_per_point"] / aa_cost["passes_per_point"]
+                           if aa_cost["passes_per_point"] else None)
+        s["time_ratio"] = wall_time_s / aa_wall_time_s if aa_wall_time_s else None
+    return s
+
+
+def _aa_summary(aa_frame: Any, aa_wall_time_s: float | None) -> dict[str, Any]:
+    from tmifpe.evaluation.cost import autoattack_passes
+
+    return {
+        "autoattack_robust_acc": aa_frame["robust_fp32"].mean(),
+        "autoattack_clean_acc": aa_frame["clean_correct"].mean(),
+        "autoattack_cost": {
+            "grad_per_point": aa_frame["n_grad"].mean(),
+            "queries_per_point": aa_frame["n_queries"].mean(),
+            "passes_per_point": aa_frame.select(autoattack_passes().mean()).item(),
+            "wall_time_s": round(float(aa_wall_time_s or 0.0), 4),
+        },
+    }
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -62,7 +62,8 @@ class PrecisionModel(nn.Module):
                  reference: PrecisionModel | None = None) -> None:
         super().__init__()
         self.precision = precision
-        inner = copy.deepcopy(model).eval().to(precision.dtype)
+        with torch.no_grad():  # a TorchScript deep copy's parameters are no autograd leaves
+            inner = copy.deepcopy(model).eval().to(precision.dtype)
         for p in inner.parameters():
             p.requires_grad_(False)
         self.inner = inner

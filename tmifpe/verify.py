@@ -44,6 +44,12 @@ class Verdict:
         return Verdict(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Verdict)))
 
 
+def clean_correct(logits: Tensor, y: Tensor) -> Tensor:
+    """Finite logits whose argmax is the label, ``(N, K) -> (N,)`` bool: a point whose clean
+    logits are NaN/±Inf is not clean-correct (``argmax`` of an all-NaN row is 0)."""
+    return torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y)
+
+
 def margin(logits: Tensor, y: Tensor) -> Tensor:
     """z_y − max_{j≠y} z_j, ``(N, K) -> (N,)`` in float64."""
     z = logits.double()

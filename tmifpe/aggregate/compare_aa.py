@@ -12,6 +12,7 @@ import polars as pl
 
 from tmifpe.aggregate.keys import MODEL_KEYS, RUN_KEYS, robust, robust64
 from tmifpe.aggregate.stats import count, proportion
+from tmifpe.evaluation.cost import autoattack_passes
 
 AA_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
@@ -38,7 +39,7 @@ def autoattack_summary(aa: pl.DataFrame, aa_timing: pl.DataFrame) -> pl.DataFram
             *stages,
             pl.col("n_grad").mean().alias("grad_per_point"),
             pl.col("n_queries").mean().alias("queries_per_point"),
-            (2 * pl.col("n_grad") + pl.col("n_queries")).mean().alias("cost_per_point"),
+            autoattack_passes().mean().alias("cost_per_point"),
         )
         .with_columns(proportion("n_clean_correct", "n", "clean_acc", ci=False))
         .with_columns(proportion("n_robust", "n", "robust_acc"))

@@ -21,6 +21,7 @@ from tmifpe.aggregate.compare_aa import AA_STAGES
 from tmifpe.aggregate.inputs import DEFAULT_SUITE, with_suite
 from tmifpe.aggregate.keys import MODEL_KEYS, robust, robust64
 from tmifpe.aggregate.stats import count
+from tmifpe.evaluation.cost import autoattack_passes
 
 TARGET_GAP_PTS = 0.0
 TARGET_PASS_RATIO = 0.10
@@ -87,7 +88,7 @@ def fast_table(fast: pl.DataFrame, fast_timing: pl.DataFrame, aa: pl.DataFrame,
     verdicts); columns ``TABLE_COLUMNS``. ``aa``: AutoAttack rows (``load_autoattack``);
     timings: MODEL_KEYS + ``wall_time_s``."""
     aa_side = aa.select(*MODEL_KEYS, "example", robust().alias("aa_r"), "broken_by",
-                        (2 * pl.col("n_grad") + pl.col("n_queries")).alias("aa_passes"))
+                        autoattack_passes().alias("aa_passes"))
     joined = fast.with_columns(robust().alias("r"), robust64().alias("r64")).join(
         aa_side, on=[*MODEL_KEYS, "example"], how="inner")
     both = pl.concat([joined, joined.with_columns(pl.lit("all").alias("split"))])

@@ -62,19 +62,25 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
 
 
 NONFINITE_COLUMNS = [
-    "n_examples_nonfinite_steps", "nonfinite_steps", "n_nan_margin_fp32", "n_inf_margin_fp32",
-    "n_null_margin_fp32", "n_nan_margin_fp64", "n_inf_margin_fp64", "n_null_margin_fp64",
+    "n_nonfinite_fp32", "n_nonfinite_fp64", "n_examples_nonfinite_steps", "nonfinite_steps",
+    "n_nan_margin_fp32", "n_inf_margin_fp32", "n_null_margin_fp32", "n_nan_margin_fp64",
+    "n_inf_margin_fp64", "n_null_margin_fp64",
 ]
 
 
 def nonfinite(cells: pl.DataFrame, aa: pl.DataFrame) -> pl.DataFrame:
-    """Every run (and AutoAttack file) where NaN/Inf appeared: skipped steps, non-finite or
-    missing margins. Runs without any are left out; nothing non-finite is ever dropped silently.
+    """Every run (and AutoAttack file) where NaN/Inf appeared: points whose verdict logits are
+    non-finite (``n_nonfinite_fp32``/``_fp64``: never counted as broken), skipped steps,
+    non-finite or missing margins. Runs without any are left out; nothing non-finite is ever
+    dropped silently.
 
     Columns: RUN_KEYS (AutoAttack rows: loss ``autoattack``, targeted false, precision ``fp32``,
-    budget null), then NONFINITE_COLUMNS (null where the file has no such column).
+    budget null), then NONFINITE_COLUMNS (null where the file has no such column; AutoAttack's
+    verdict counts are not read yet).
     """
+    verdicts = [count(pl.col(c), f"n_{c}") for c in ("nonfinite_fp32", "nonfinite_fp64")]
     runs = cells.group_by(RUN_KEYS).agg(
+        *verdicts,
         count(pl.col("nonfinite_steps") > 0, "n_examples_nonfinite_steps"),
         pl.col("nonfinite_steps").sum().cast(pl.Int64),
         *_margin_counts("margin_fp32"),

@@ -45,7 +45,7 @@ from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import PGDResult, batch_seed
 from tmifpe.losses import LossName, get_loss, parse_loss
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.verify import Verdict, in_threat_model, verify
+from tmifpe.verify import Verdict, clean_correct, in_threat_model, verify
 
 SCALED_LOSSES = (LossName.MIFPE, LossName.TMIFPE)  # APGD judges them by the margin
 GUARD = "square"  # name of the guard phase in ``broken_by``
@@ -154,15 +154,19 @@ class FastResult:
         return self.nonfinite_steps > 0
 
 
-def run_fast(model: nn.Module, x: Tensor, y: Tensor, config: FastConfig) -> FastResult:
-    """The ``fast`` preset on float32 ``x`` in [0,1] (module docstring); ``model`` float32,
-    eval mode. Batches of ``config.batch_size``; batch b draws its random starts from
+def run_fast(model: nn.Module, x: Tensor, y: Tensor, config: FastConfig, *,
+             device: torch.device | None = None) -> FastResult:
+    """The ``fast`` preset on float32 ``x`` in [0,1] (module docstring) on ``device`` (default:
+    ``x``'s). ``model`` is deep-copied (fp32/fp64 eval-mode copies), never changed. Batches of
+    ``config.batch_size``; batch b draws its random starts from
     :func:`tmifpe.attacks.runs.batch_seed`, so equal inputs give equal results on CPU."""
     if x.dtype != torch.float32 or y.dtype != torch.int64 or x.shape[0] != y.shape[0]:
         raise ValueError(f"need float32 x and int64 y of equal length, got {x.dtype} "
                          f"{tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
-    ref32 = PrecisionModel(model, Precision.FP32)
-    ref64 = PrecisionModel(model, Precision.FP64)
+    dev = x.device if device is None else device
+    x, y = x.to(dev), y.to(dev)
+    ref32 = PrecisionModel(model, Precision.FP32).to(dev)
+    ref64 = PrecisionModel(model, Precision.FP64).to(dev)
     parts = [_run_batch(ref32, ref64, x[s : s + config.batch_size], y[s : s + config.batch_size],
                         config, b)
              for b, s in enumerate(range(0, x.shape[0], config.batch_size))]
@@ -174,8 +178,10 @@ def _run_batch(ref32: PrecisionModel, ref64: PrecisionModel, x: Tensor, y: Tenso
     n = x.shape[0]
     with torch.no_grad():
         clean = ref32(x)
-        randomized = not torch.equal(clean, ref32(x))
-    correct = (clean.argmax(dim=1) == y).cpu()
+        again = ref32(x)
+    # NaN == NaN is no difference between the two passes
+    randomized = not bool(((clean == again) | (clean.isnan() & again.isnan())).all())
+    correct = clean_correct(clean, y).cpu()
     alive = correct.clone()  # clean-correct and not yet (verified) broken
     x_adv = x.detach().cpu().clone()
     broken_by = [""] * n
@@ -201,7 +207,7 @@ def _run_batch(ref32: PrecisionModel, ref64: PrecisionModel, x: Tensor, y: Tenso
     verdict = verify(ref32, ref64, x, x_adv.to(x.device), y, cfg.eps)
     success = correct & ~alive
     return FastResult(x_adv, success, correct, broken_by, fwd, bwd, queries, n_ver, zero, nonfin,
-                      survivors & ~alive, randomized, _cpu_verdict(verdict))
+                      survivors & ~alive, randomized, verdict.cpu())
 
 
 def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive: Tensor,
@@ -217,14 +223,17 @@ def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive
 
 def _accept(ref32: PrecisionModel, x: Tensor, y: Tensor, cand: Tensor, alive: Tensor,
             n_ver: Tensor, x_adv: Tensor, broken_by: list[str], name: str, eps: float) -> None:
-    """Fresh fp32 check of the candidates of the ``alive`` rows; broken ones leave ``alive``
+    """Fresh fp32 check of the candidates of the ``alive`` rows (broken: inside the ball, finite
+    logits, argmax ≠ label, as :meth:`tmifpe.verify.Verdict.broken`); broken ones leave ``alive``
     (updated in place with ``n_ver``, ``x_adv``, ``broken_by``)."""
     idx = alive.nonzero().squeeze(1)
     dev_idx = idx.to(x.device)
     xc = cand[idx].to(x.device)
     with torch.no_grad():
-        pred = ref32(xc).argmax(dim=1)
-    ok = (in_threat_model(x[dev_idx], xc, eps) & (pred != y[dev_idx])).cpu()
+        logits = ref32(xc)
+    # broken as in tmifpe.verify: valid, finite fp32 logits, argmax != label
+    wrong = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) != y[dev_idx])
+    ok = (in_threat_model(x[dev_idx], xc, eps) & wrong).cpu()
     n_ver[idx] += 1
     rows = idx[ok]
     alive[rows] = False
@@ -270,10 +279,6 @@ def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg
     out = x.detach().cpu().clone()
     out[idx] = torch.where(fix, project(adv, lo, hi), adv).cpu()
     return out
-
-
-def _cpu_verdict(v: Verdict) -> Verdict:
-    return v.cpu()
 
 
 def _concat(parts: list[FastResult]) -> FastResult:

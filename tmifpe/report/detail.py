@@ -164,14 +164,17 @@ def nonfinite_table(tables: dict) -> Table:
         m, "AutoAttack" if r["loss"] == "autoattack" else attack_name(r["loss"], r["targeted"]),
         r["precision"], DASH if r["budget"] is None else str(r["budget"]),
         *(DASH if r[c] is None else str(r[c]) for c in (
-            "n_examples_nonfinite_steps", "nonfinite_steps", "n_nan_margin_fp32",
+            "n_nonfinite_fp32", "n_nonfinite_fp64", "n_examples_nonfinite_steps",
+            "nonfinite_steps", "n_nan_margin_fp32",
             "n_inf_margin_fp32", "n_null_margin_fp32", "n_nan_margin_fp64", "n_inf_margin_fp64",
             "n_null_margin_fp64"))))
     return _table(
         "nonfinite", "NaN and Inf",
-        "Runs where a loss or gradient was NaN/Inf (step skipped) or a stored margin is NaN, "
+        "Runs where the verdict logits of a point were NaN/Inf (such a point is never counted "
+        "as broken), a loss or gradient was NaN/Inf (step skipped) or a stored margin is NaN, "
         "±Inf or missing. Nothing is dropped from the accuracies above because of these.",
         [("Model", False), ("Attack", False), ("Precision", False), ("N", True),
+         ("Non-finite verdict fp32", True), ("Non-finite verdict fp64", True),
          ("Examples with skipped steps", True), ("Skipped steps", True),
          ("NaN margin fp32", True), ("Inf margin fp32", True), ("Missing margin fp32", True),
          ("NaN margin fp64", True), ("Inf margin fp64", True), ("Missing margin fp64", True)],
