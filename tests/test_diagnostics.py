@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from suite_support import complete
 from torch import nn
 
-from stages.diagnostics import run_diagnostics
+from tmifpe.pipeline.diagnostics_cell import run_diagnostics_cell as run_diagnostics
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.data.sources import save_tensors
 from tmifpe.diagnostics import (
