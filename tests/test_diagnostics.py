@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from suite_support import complete
 from torch import nn
 
-from tmifpe.pipeline.diagnostics_cell import run_diagnostics_cell as run_diagnostics
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.data.sources import save_tensors
 from tmifpe.diagnostics import (
@@ -30,6 +29,7 @@ from tmifpe.losses.scaling import scale_logits
 from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.pipeline.config import parse_suite
+from tmifpe.pipeline.diagnostics_cell import run_diagnostics_cell as run_diagnostics
 from tmifpe.precision import Precision, PrecisionModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
