@@ -28,15 +28,16 @@ NAN_ABOVE = 0.6  # a pixel brighter than this makes every logit NaN
 
 class NaNAbove(nn.Module):
     """Linear 10-class model on 1×8×8 pixels whose logits are all NaN once any pixel exceeds
-    ``NAN_ABOVE``; records the TF32 state of every forward call."""
+    ``NAN_ABOVE``; records the TF32 state of every forward call. Finite logits: class 1 vs 2
+    decided by pixel 1 (z_1 − z_2 = 40·(x_1 − 0.25)), every other class far below."""
 
     def __init__(self) -> None:
         super().__init__()
-        gen = torch.Generator().manual_seed(0)
         self.lin = nn.Linear(64, 10)
         with torch.no_grad():
-            self.lin.weight.copy_(2.0 * torch.randn(10, 64, generator=gen))
-            self.lin.bias.zero_()
+            self.lin.weight.zero_()
+            self.lin.weight[1, 1], self.lin.weight[2, 1] = 20.0, -20.0
+            self.lin.bias.copy_(torch.tensor([-10.0, -5.0, 5.0] + [-5.0] * 7))
         self.seen: list[dict[str, str]] = []
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,11 +48,14 @@ class NaNAbove(nn.Module):
 
 
 def _points() -> tuple[Tensor, Tensor, NaNAbove]:
-    """16 points: 8 dim ones (max 0.45: the eps-ball stays below NAN_ABOVE) and 8 with one
-    pixel at 0.55 (the ball reaches 0.65: attacks can land on NaN logits); labels = the
-    model's clean predictions (all clean logits finite)."""
+    """16 points: 8 dim ones (max 0.45: the eps-ball stays below NAN_ABOVE) with pixel 1 within
+    eps of the class-1/2 boundary (breakable), and 8 with pixel 1 at 0 (class 2, unbreakable by
+    finite logits) and one pixel at 0.55 (the ball reaches 0.65: attacks land on NaN logits,
+    whose argmax 0 is not the label); labels = the model's clean predictions (finite)."""
     gen = torch.Generator().manual_seed(1)
     x = 0.45 * torch.rand(16, 1, 8, 8, generator=gen)
+    x[:8, 0, 0, 1] = 0.2 + 0.1 * torch.rand(8, generator=gen)
+    x[8:, 0, 0, 1] = 0.0
     x[8:, 0, 0, 0] = 0.55
     model = NaNAbove().eval()
     with torch.no_grad():

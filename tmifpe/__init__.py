@@ -1,7 +1,9 @@
 """tmifpe: floating-point error in adversarial-attack gradients, measured and fixed (T-MIFPE).
 
 ``tmifpe.evaluate(model, x, y, loss=..., eps=..., budget=..., precision=..., targets=...)`` runs
-a verified PGD evaluation and returns an :class:`tmifpe.api.EvalResult` (see :mod:`tmifpe.api`).
+a verified PGD evaluation and returns an :class:`tmifpe.api.EvalResult` (see :mod:`tmifpe.api`);
+``tmifpe.evaluate_autoattack(model, x, y, eps=...)`` runs verified standard AutoAttack
+(:mod:`tmifpe.evaluation.autoattack`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["EvalResult", "__version__", "evaluate"]
+__all__ = ["AutoAttackEval", "EvalResult", "__version__", "evaluate", "evaluate_autoattack"]
 
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the API is used
@@ -17,4 +19,8 @@ def __getattr__(name: str) -> Any:  # torch is imported only when the API is use
         from tmifpe import api
 
         return getattr(api, name)
+    if name in ("evaluate_autoattack", "AutoAttackEval"):
+        from tmifpe.evaluation import autoattack
+
+        return getattr(autoattack, name)
     raise AttributeError(f"module 'tmifpe' has no attribute {name!r}")
