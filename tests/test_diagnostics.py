@@ -214,6 +214,9 @@ def test_stage_outputs_columns_and_determinism(tmp_path, monkeypatch, digits):
     assert ("ce_zero_gradient", "ce", "fp32", False) in checks
     # the device measured on is recorded (thresholds are device-dependent; issue 10)
     assert doc["device"] == "cpu" and doc["torch_version"] == torch.__version__
+    env = doc["environment"]  # measured under the runtime contract (tmifpe.runtime.numerics)
+    assert env["device"] == "cpu" and env["threads"] == 1
+    assert set(env["fp32_precision"].values()) == {"ieee"} and env["deterministic"]
     assert all(v["verdict"] in ("agrees", "disagrees", "too few points")
                for v in doc["verdicts"])
     built = tables([paths[0].parent])
