@@ -20,7 +20,10 @@ def test_resume_key_covers_model_data_and_code(tmp_path: Path) -> None:
         "losses": ["ce"], "budgets": [2], "precisions": {"fp32": {"n_targets": 0}}}))
     for f in SOURCE_FILES:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / f, tmp_path / f)
+        if (ROOT / f).is_dir():
+            shutil.copytree(ROOT / f, tmp_path / f)
+        else:
+            shutil.copy(ROOT / f, tmp_path / f)
     data, ckpt = tmp_path / "digits.pt", tmp_path / "model.pt"
     data.write_bytes(b"data")
     ckpt.write_bytes(b"weights v1")
@@ -29,6 +32,6 @@ def test_resume_key_covers_model_data_and_code(tmp_path: Path) -> None:
     ckpt.write_bytes(b"weights v2")  # retrained model
     assert resume_key(suite, "m", data, [ckpt], root=tmp_path) != key
     ckpt.write_bytes(b"weights v1")
-    runner = tmp_path / "tmifpe/attacks/autoattack_runner.py"
+    runner = tmp_path / "tmifpe/attacks/autoattack/cascade.py"
     runner.write_text(runner.read_text() + "\n# changed\n")  # changed code
     assert resume_key(suite, "m", data, [ckpt], root=tmp_path) != key

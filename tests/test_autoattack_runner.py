@@ -9,16 +9,16 @@ import torch
 from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
-from tmifpe.attacks.autoattack_runner import (
+from tmifpe.attacks.autoattack import (
     ATTACKS,
     SNAP_TOL,
     AAConfig,
     AAResult,
-    autoattack_frame,
     match_rows,
     run_autoattack,
 )
 from tmifpe.data.digits import digits_split
+from tmifpe.evaluation.autoattack import autoattack_frame
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
@@ -197,22 +197,24 @@ def test_frame_follows_schema(setup, baseline):
     res, _ = baseline
     verdict = verify(PrecisionModel(model, Precision.FP32), PrecisionModel(model, Precision.FP64),
                      x, res.x_adv, y, EPS)
-    meta = {"suite": "default", "dataset": "digits", "model": "digits_std"}
-    df = autoattack_frame(res, verdict, x, y, res.clean_correct, meta)
+    df = autoattack_frame(res, verdict, y, res.clean_correct, dataset="digits",
+                          model="digits_std")
     assert df.schema == pl.Schema({
-        "suite": pl.String, "dataset": pl.String, "model": pl.String, "eps": pl.Float64,
+        "dataset": pl.String, "model": pl.String, "eps": pl.Float64,
         "seed": pl.Int64, "batch_size": pl.Int32, "example": pl.Int64, "label": pl.Int64,
         "clean_correct": pl.Boolean, "broken_by": pl.String,
         "robust_after_apgd_ce": pl.Boolean, "robust_after_apgd_t": pl.Boolean,
         "robust_after_fab_t": pl.Boolean, "robust_after_square": pl.Boolean,
         "valid": pl.Boolean, "robust_fp32": pl.Boolean, "robust_fp64": pl.Boolean,
         "margin_fp32": pl.Float64, "n_grad": pl.Int64, "n_queries": pl.Int64,
+        "nonfinite_fp32": pl.Boolean, "nonfinite_fp64": pl.Boolean,
     })
     assert df["example"].to_list() == list(range(N_POINTS))
     assert df["valid"].all() and (df["seed"] == 0).all() and (df["batch_size"] == 24).all()
     assert df["robust_fp32"].to_list() == df["robust_after_square"].to_list()
-    with pytest.raises(ValueError, match="meta"):
-        autoattack_frame(res, verdict, x, y, res.clean_correct, {"suite": "default"})
+    assert not df["nonfinite_fp32"].any() and not res.nonfinite.any()
+    with pytest.raises(ValueError, match="same points"):
+        autoattack_frame(res, verdict, y[:-1], res.clean_correct[:-1], dataset="d", model="m")
 
 
 def test_match_rows_recovers_subsets_and_duplicates():

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from suite_support import complete
 from torch import nn
 
-from stages.diagnostics import run_diagnostics
 from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.data.sources import save_tensors
 from tmifpe.diagnostics import (
@@ -30,6 +29,7 @@ from tmifpe.losses.scaling import scale_logits
 from tmifpe.losses.tmifpe.tstar import Phase, gap_thresholds, optimal_t
 from tmifpe.models.small_cnn import SmallCNN
 from tmifpe.pipeline.config import parse_suite
+from tmifpe.pipeline.diagnostics_cell import run_diagnostics_cell as run_diagnostics
 from tmifpe.precision import Precision, PrecisionModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -214,6 +214,9 @@ def test_stage_outputs_columns_and_determinism(tmp_path, monkeypatch, digits):
     assert ("ce_zero_gradient", "ce", "fp32", False) in checks
     # the device measured on is recorded (thresholds are device-dependent; issue 10)
     assert doc["device"] == "cpu" and doc["torch_version"] == torch.__version__
+    env = doc["environment"]  # measured under the runtime contract (tmifpe.runtime.numerics)
+    assert env["device"] == "cpu" and env["threads"] == 1
+    assert set(env["fp32_precision"].values()) == {"ieee"} and env["deterministic"]
     assert all(v["verdict"] in ("agrees", "disagrees", "too few points")
                for v in doc["verdicts"])
     built = tables([paths[0].parent])

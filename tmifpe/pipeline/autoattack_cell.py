@@ -1,30 +1,32 @@
-"""The AutoAttack cell of one model: standard AA on exactly the attack cells' points, verified."""
+"""The AutoAttack cell of one model: standard AA on exactly the attack cells' points, verified.
+
+The run itself is :func:`tmifpe.evaluation.autoattack.run_autoattack_eval`; the cell adds the
+resume key and state path, and the file outputs (Parquet with the environment in its metadata,
+timing JSON)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import polars as pl
 
-from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
+from tmifpe.attacks.autoattack import AAConfig
 from tmifpe.data.sources import load_eval_points
+from tmifpe.evaluation.autoattack import run_autoattack_eval
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.progress import Progress
-from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import resolve_device
-from tmifpe.storage import sha256_path, write_json, write_parquet
-from tmifpe.verify import verify
+from tmifpe.storage import sha256_json, sha256_path, write_json, write_parquet
 
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"
 # The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
-SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
+SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/evaluation/autoattack.py",
+                "tmifpe/evaluation/schema.py", "tmifpe/attacks/autoattack",
                 "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",
-                "tmifpe/models/zoo.py")
+                "tmifpe/runtime.py", "tmifpe/storage.py", "tmifpe/models/zoo.py")
 
 
 def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
@@ -39,7 +41,7 @@ def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
            "inputs": [sha256_path(p) for p in [data_path, *model_paths]],
            "code": {f: sha256_path(root / f) for f in SOURCE_FILES if (root / f).exists()},
            "pyautoattack": version("pyautoattack")}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_json(doc)[:16]
 
 
 def run_autoattack_cell(
@@ -67,17 +69,11 @@ def run_autoattack_cell(
             progress = Progress(f"autoattack {model_key} {attack}", n_batches)
         progress.step(f"batch {batch + 1}/{n_batches}")
 
-    result = run_autoattack(model, x.to(device), y.to(device), cfg, state_path=state,
-                            progress=on_batch)
-    ref32 = PrecisionModel(model, Precision.FP32)
-    ref64 = PrecisionModel(model, Precision.FP64)
-    verdict = verify(ref32, ref64, x.to(device), result.x_adv.to(device), y.to(device), ds.eps)
-    clean_correct = (ref32(x.to(device)).argmax(dim=1) == y.to(device)).cpu()
-    meta = {"suite": suite.name, "dataset": ds_key, "model": model_key, "eps": ds.eps,
-            "seed": aa.seed, "batch_size": aa.batch_size}
-    frame = autoattack_frame(result, verdict, x, y, clean_correct, meta)
-    write_parquet(frame, out)
-    timing = {k: round(v, 4) for k, v in result.wall_time_s.items()}
+    run = run_autoattack_eval(model, x, y, cfg, dataset=ds_key, model_name=model_key,
+                              state_path=state, progress=on_batch, threads=suite.threads)
+    frame = run.frame()
+    write_parquet(frame, out, metadata={"environment": run.environment})
+    timing = {k: round(v, 4) for k, v in run.stage_wall_time_s.items()}
     write_json({**timing, "total": round(sum(timing.values()), 4)}, timing_out)
     state.unlink(missing_ok=True)
     return frame
