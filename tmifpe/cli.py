@@ -251,22 +251,10 @@ def _run(ctx: dict[str, Any], loss: str, budget: int, precision: str, targets: i
 
 
 def _autoattack(ctx: dict[str, Any], seed: int, batch_size: int, bar: Any) -> tuple[Any, float]:
-    """AutoAttack on the same points under the runtime contract (``--threads``)."""
-    from tmifpe.runtime import numerics
+    """AutoAttack on the same points: the one runner (``tmifpe.evaluate_autoattack``)."""
+    from tmifpe.evaluation.autoattack import evaluate_autoattack
 
-    with numerics(ctx["threads"]):
-        return _autoattack_frame(ctx, seed, batch_size, bar)
-
-
-def _autoattack_frame(ctx: dict[str, Any], seed: int, batch_size: int,
-                      bar: Any) -> tuple[Any, float]:
-    import torch
-
-    from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
-    from tmifpe.precision import PrecisionModel
-    from tmifpe.verify import verify
-
-    data, net, dev, eps = ctx["data"], ctx["model"], ctx["device"], ctx["eps"]
+    data = ctx["data"]
     tasks: dict[str, Any] = {}
 
     def on_batch(name: str, batch: int, n_batches: int) -> None:
@@ -274,16 +262,11 @@ def _autoattack_frame(ctx: dict[str, Any], seed: int, batch_size: int,
             tasks[name] = bar.add_task(f"autoattack {name}", total=n_batches)
         bar.update(tasks[name], completed=batch + 1)
 
-    cfg = AAConfig(eps=eps, seed=seed, batch_size=batch_size, device=str(dev))
-    x, y = data.x.to(dev), data.y.to(dev)
-    result = run_autoattack(net.to(dev), x, y, cfg, progress=on_batch)
-    ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
-    verdict = verify(ref32, ref64, x, result.x_adv.to(dev), y, eps)
-    with torch.no_grad():
-        clean_correct = (ref32(x).argmax(dim=1) == y).cpu()
-    meta = {"suite": "evaluate", "dataset": data.name, "model": ctx["spec"].name}
-    frame = autoattack_frame(result, verdict, data.x, data.y, clean_correct, meta)
-    return frame, float(sum(result.wall_time_s.values()))
+    run = evaluate_autoattack(ctx["model"], data.x, data.y, eps=ctx["eps"], seed=seed,
+                              batch_size=batch_size, device=ctx["device"],
+                              threads=ctx["threads"], progress=on_batch, dataset=data.name,
+                              model_name=ctx["spec"].name)
+    return run.frame(), run.wall_time_s
 
 
 def _verdict_counts(frame: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ _CELL_READ = [
 ]
 _AA_READ = [
     "dataset", "model", "example", "clean_correct", "broken_by", "robust_fp32",
-    "robust_fp64", "margin_fp32", "n_grad", "n_queries",
+    "robust_fp64", "margin_fp32", "n_grad", "n_queries", "nonfinite_fp32", "nonfinite_fp64",
 ]
 CELL_COLUMNS = {c: CELL_SCHEMA[c] for c in _CELL_READ}
 AA_COLUMNS = {c: AA_SCHEMA[c] for c in _AA_READ}

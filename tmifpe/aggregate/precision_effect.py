@@ -75,8 +75,7 @@ def nonfinite(cells: pl.DataFrame, aa: pl.DataFrame) -> pl.DataFrame:
     dropped silently.
 
     Columns: RUN_KEYS (AutoAttack rows: loss ``autoattack``, targeted false, precision ``fp32``,
-    budget null), then NONFINITE_COLUMNS (null where the file has no such column; AutoAttack's
-    verdict counts are not read yet).
+    budget null), then NONFINITE_COLUMNS (null where the file has no such column).
     """
     verdicts = [count(pl.col(c), f"n_{c}") for c in ("nonfinite_fp32", "nonfinite_fp64")]
     runs = cells.group_by(RUN_KEYS).agg(
@@ -88,7 +87,7 @@ def nonfinite(cells: pl.DataFrame, aa: pl.DataFrame) -> pl.DataFrame:
     )
     autoattack = (
         aa.group_by(MODEL_KEYS)
-        .agg(*_margin_counts("margin_fp32"))
+        .agg(*verdicts, *_margin_counts("margin_fp32"))
         .with_columns(
             pl.lit("autoattack").alias("loss"),
             pl.lit(False).alias("targeted"),

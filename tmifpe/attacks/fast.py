@@ -19,7 +19,7 @@ the others [APGD paper; see :mod:`tmifpe.attacks.apgd`].
 Cost [same accounting as the attack cells and the AutoAttack runner]: ``passes`` =
 forward + backward passes of the gradient phases (as counted by the engines) + Square queries
 (forward passes, attributed to examples like the AA runner does, via
-:func:`tmifpe.attacks.autoattack_runner.match_rows`) + one fp32 verification forward per phase
+:func:`tmifpe.attacks.autoattack.match_rows`) + one fp32 verification forward per phase
 an example took part in (the AA runner counts its verification forward after each attack too).
 The clean pass is not counted (neither side counts it).
 
@@ -39,9 +39,8 @@ from pyautoattack.square import SquareAttack
 from torch import Tensor, nn
 
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
-from tmifpe.attacks.autoattack_runner import SNAP_TOL, match_rows
+from tmifpe.attacks.autoattack import match_rows, snap_to_ball
 from tmifpe.attacks.pgd import attack_targets
-from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import PGDResult, batch_seed
 from tmifpe.losses import LossName, get_loss, parse_loss
 from tmifpe.precision import Precision, PrecisionModel
@@ -271,13 +270,9 @@ def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         adv = sq.perturb(xs.clone(), ys.clone()).detach().float()
     # Square computes x ± eps in float32, which can round outward (0.2 is no float32 number):
-    # like the AA runner, a violation <= SNAP_TOL is projected onto the exact ball; larger ones
-    # stay and are rejected by the verification.
-    lo, hi = linf_box(xs, cfg.eps)
-    over = torch.maximum(lo - adv, adv - hi).flatten(1).amax(dim=1)
-    fix = ((over > 0) & (over <= SNAP_TOL)).view(-1, *[1] * (adv.dim() - 1))
+    # like the AA runner, the rounding is repaired; larger violations are rejected later.
     out = x.detach().cpu().clone()
-    out[idx] = torch.where(fix, project(adv, lo, hi), adv).cpu()
+    out[idx] = snap_to_ball(xs, adv, cfg.eps)[0].cpu()
     return out
 
 

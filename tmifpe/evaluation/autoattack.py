@@ -22,10 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from tmifpe.attacks.autoattack import ATTACKS, AAConfig, AAResult, Progress, run_autoattack
+from tmifpe.evaluation.cost import autoattack_passes
 from tmifpe.evaluation.schema import AA_SCHEMA, build_frame
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.verify import Verdict, verify
+from tmifpe.verify import clean_correct as finite_and_correct
 
 
 @dataclass(frozen=True)
@@ -65,17 +67,11 @@ class AutoAttackEval:
 
     @property
     def passes_per_point(self) -> float:
-        return autoattack_passes(self.examples)
+        return float(self.examples.select(autoattack_passes().mean()).item())
 
     @property
     def wall_time_s(self) -> float:
         return float(sum(self.stage_wall_time_s.values()))
-
-
-def autoattack_passes(frame: pl.DataFrame) -> float:
-    """Mean passes per point, 2·n_grad + n_queries (a gradient evaluation is one forward and
-    one backward pass), over the rows of an ``AA_SCHEMA`` frame."""
-    return float(frame.select((2 * pl.col("n_grad") + pl.col("n_queries")).mean()).item())
 
 
 def autoattack_frame(result: AAResult, verdict: Verdict, y: Tensor, clean_correct: Tensor, *,
@@ -164,5 +160,5 @@ def _verify(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, config: AACon
         yb = y[i : i + config.batch_size].to(dev)
         parts.append(verify(ref32, ref64, xb, ab, yb, config.eps).cpu())
         clean = ref32(xb)
-        correct.append(((clean.argmax(dim=1) == yb) & torch.isfinite(clean).all(dim=1)).cpu())
+        correct.append(finite_and_correct(clean, yb).cpu())
     return Verdict.cat(parts), torch.cat(correct)
