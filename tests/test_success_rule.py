@@ -199,3 +199,34 @@ def test_same_seed_same_result_with_dtype_only_hits():
     assert int(a.dtype_only_hits.sum()) > 0
     for field in a.__dataclass_fields__:
         assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+@pytest.mark.parametrize("engine", ["pgd", "apgd"])
+def test_missed_hits_are_counted_and_kept_only_on_request(engine):
+    """Issue 19: the mirror of a dtype-only hit. With label 0 the fp16 tie vertex of CASES is
+    correct in fp16 (argmax 0) but misclassified in fp32 (0.49991 < 0.50012): a missed hit.
+    01eb413 had no ``missed_hits`` field and never ran fp32 on such an iterate."""
+    bias1, x0v, eps, _ = CASES[Precision.FP16]
+    model = PrecisionModel(_one_pixel(bias1), Precision.FP16)
+    x = torch.full((N, 1, 1, 1), x0v)
+    y = torch.zeros(N, dtype=torch.int64)
+    lo, hi = linf_box(x, eps)
+    start_fn = random_start if engine == "pgd" else uniform_start
+    start = start_fn(x, eps, lo, hi, torch.Generator().manual_seed(0))
+    missed = _dtype_only_start(Precision.FP16, start)  # fp16 says 0, fp32 says 1
+    assert missed.any()
+    results = {}
+    for keep in (False, True):
+        if engine == "pgd":
+            cfg = PGDConfig(eps=eps, steps=3, keep_missed_hits=keep)
+            results[keep] = run_pgd(model, x, y, CE, cfg)
+        else:
+            cfg = APGDConfig(eps=eps, steps=3, keep_missed_hits=keep)
+            results[keep] = run_apgd(model, x, y, CE, cfg)
+    off, on = results[False], results[True]
+    assert (off.missed_hits[missed] >= 1).all()
+    assert not (off.success[missed] & (off.first_success_iter[missed] == 0)).any()
+    assert on.success[missed].all() and (on.first_success_iter[missed] == 0).all()
+    with torch.no_grad():  # a kept missed hit is a real fp32 adversarial example
+        assert (model.reference(on.x_adv[missed]).argmax(dim=1) != 0).all()
+    assert (on.dtype_only_hits == 0).all()

@@ -31,12 +31,18 @@ Choices made here [derived here], where the paper leaves room or this project di
   (``progress=None``) is :func:`default_progress`: the margin for MIFPE/T-MIFPE, the loss for
   CE, C&W, DLR and any other loss.
 * **Freeze on success** like :func:`tmifpe.attacks.pgd.run_pgd`: an example leaves the run at the
-  first iterate that is a confirmed success (:func:`tmifpe.attacks.runs.confirmed_hits`: the
+  first iterate that is a confirmed success (:func:`tmifpe.attacks.runs.step_verdicts`: the
   attack dtype and a fresh fp32 pass both misclassify it); a dtype-only hit is counted and the
-  run goes on (targeted runs too, as in run_pgd).
-* **Non-finite steps.** A step whose loss or gradient is NaN/Inf is skipped: the iterate, its
-  momentum and its stored gradient stay, and it counts as no progress (f = −∞, so it is never
-  x_max and never an increase).
+  run goes on (targeted runs too, as in run_pgd); a missed hit (fp32 only) is counted and kept
+  only with ``keep_missed_hits`` (:data:`tmifpe.attacks.runs.KEEP_MISSED_HITS`).
+* **Non-finite steps.** The input gradient is taken on the power-of-two-rescaled logit gradient
+  (:func:`tmifpe.attacks.runs.input_gradient`); a step whose loss or gradient is still NaN/Inf
+  is taken in a random sign direction (so the example is not stuck on a recomputation that
+  repeats the NaN), and it counts as no progress (f = −∞, so it is never x_max and never an
+  increase). The stored "gradient" is the sign used.
+* **GPU-ready.** Per-row state lives in full-size device buffers; conditional updates are
+  ``torch.where``s, counters stay on the device until the end of the run; the step's one
+  synchronising op is the compaction of the live rows.
 * **Random start** [APGD code]: x0 + eps·u/‖u‖∞, u ~ U[−1,1]^d, drawn on the CPU generator,
   then projected; this is APGD's start, not the eps-ball-vertex start of run_pgd.
 * **After a restart from x_max** the momentum term is reset (x^{k−1} := x_max) and the next
@@ -65,6 +71,7 @@ from torch import Tensor
 
 from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import (
+    KEEP_MISSED_HITS,
     PGDResult,
     RunCounters,
     RunState,
@@ -105,7 +112,7 @@ class APGDConfig:
     n_targets: int = 9
     progress: Progress | None = None  # None: default_progress(loss) when run
     seed: int = 0
-    keep_missed_hits: bool = False  # see tmifpe.attacks.runs.KEEP_MISSED_HITS
+    keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps <= 1.0:

@@ -4,10 +4,16 @@
 budget N; APGD-style momentum (α = 1 at the first step, then ``momentum``); projection onto
 eps-ball ∩ [0,1]; targeted: one full run per target (clean ranks 2…n_targets+1) on still-robust
 points. [derived here] An example is frozen at the first iterate that is a confirmed success
-(:func:`tmifpe.attacks.runs.confirmed_hits`: finite attack-dtype logits misclassify it *and* a
+(:func:`tmifpe.attacks.runs.step_verdicts`: finite attack-dtype logits misclassify it *and* a
 fresh fp32 pass of its float32 iterate does); an iterate misclassified in the attack dtype only
-is counted (``dtype_only_hits``) and the attack goes on from it. A step whose loss or gradient
-is NaN/Inf is skipped: the iterate and its momentum stay as they are.
+is counted (``dtype_only_hits``) and the attack goes on from it; one fp32 misclassifies but the
+attack dtype does not is counted too (``missed_hits``) and, by default, not kept
+(``keep_missed_hits``, see :data:`tmifpe.attacks.runs.KEEP_MISSED_HITS`). The input gradient
+is taken with the logit gradient rescaled by a power of two
+(:func:`tmifpe.attacks.runs.input_gradient`: exact, same sign, no fp16 overflow from the scaled
+losses' c); a step whose loss or gradient is still NaN/Inf is counted and taken in a random
+sign direction (:func:`tmifpe.attacks.runs.step_direction`), so no example is stuck. The step
+reads nothing back to the host; its one synchronising op is the compaction of the live rows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import Tensor
 
 from tmifpe.attacks.projection import linf_box, project, random_start
 from tmifpe.attacks.runs import (
+    KEEP_MISSED_HITS,
     NEVER,
     PGDResult,
     RunCounters,
@@ -48,7 +55,7 @@ class PGDConfig:
     targeted: bool = False
     n_targets: int = 9
     seed: int = 0
-    keep_missed_hits: bool = False  # see KEEP_MISSED_HITS_NOTE
+    keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps <= 1.0:
