@@ -81,7 +81,9 @@ def test_dtype_only_hit_is_counted_and_the_attack_goes_on(precision, engine):
     assert res.success.all() and (pred32 != y).all()  # every example ends truly broken
     # a dtype-only start is not frozen: one more step makes it a confirmed success
     assert (res.first_success_iter[only] == 1).all() and (res.dtype_only_hits[only] == 1).all()
-    assert (res.n_forward[only] == 2).all() and (res.n_backward[only] == 1).all()
+    # two iterates, each an attack-dtype and an fp32 forward (issue 19: the fp32 passes count)
+    assert (res.n_forward[only] == 4).all() and (res.n_backward[only] == 1).all()
+    assert (res.n_forward[~only] == 2).all() and (res.missed_hits == 0).all()
     assert (res.first_success_iter[~only] == 0).all() and (res.dtype_only_hits[~only] == 0).all()
 
 
@@ -107,8 +109,8 @@ def test_dtype_only_hits_never_stop_restarts_or_targets(engine, targeted):
                                                    targeted=targeted), targets=targets)
     runs = restarts * (steps + 1)
     assert not res.success.any() and (res.first_success_iter == -1).all()
-    assert (res.dtype_only_hits == runs).all()
-    assert (res.n_forward == runs).all() and (res.n_backward == restarts * steps).all()
+    assert (res.dtype_only_hits == runs).all() and (res.missed_hits == 0).all()
+    assert (res.n_forward == 2 * runs).all() and (res.n_backward == restarts * steps).all()
 
 
 class _NaNModel(nn.Module):
@@ -138,11 +140,16 @@ def test_nan_logits_are_never_a_success(precision, engine):
         res = run_apgd(model, x, y, CE, APGDConfig(eps=eps, steps=steps))
     assert not res.success.any()
     assert (res.dtype_only_hits == 0).all()
-    assert (res.nonfinite_steps == steps).all() and (res.n_forward == steps + 1).all()
+    fwd = (steps + 1) * (2 if precision is Precision.FP16 else 1)  # + fp32 confirmations
+    assert (res.nonfinite_steps == steps).all() and (res.n_forward == fwd).all()
+    assert (res.missed_hits == 0).all()  # the fp32 logits are NaN too: never a hit
     lo, hi = linf_box(x, eps)
     gen = torch.Generator().manual_seed(0)
-    if engine == "pgd":  # every step is skipped: the iterate never leaves the start
-        assert torch.equal(res.x_adv, random_start(x, eps, lo, hi, gen))
+    # issue 19: a non-finite step is a random sign step, not a skipped one (before, the
+    # iterate never left the start: every recomputation repeated the same NaN)
+    assert ((res.x_adv >= lo) & (res.x_adv <= hi)).all()
+    if engine == "pgd":
+        assert not torch.equal(res.x_adv, random_start(x, eps, lo, hi, gen))
 
 
 class _Leaky(nn.Module):
@@ -192,3 +199,34 @@ def test_same_seed_same_result_with_dtype_only_hits():
     assert int(a.dtype_only_hits.sum()) > 0
     for field in a.__dataclass_fields__:
         assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+@pytest.mark.parametrize("engine", ["pgd", "apgd"])
+def test_missed_hits_are_counted_and_kept_only_on_request(engine):
+    """Issue 19: the mirror of a dtype-only hit. With label 0 the fp16 tie vertex of CASES is
+    correct in fp16 (argmax 0) but misclassified in fp32 (0.49991 < 0.50012): a missed hit.
+    01eb413 had no ``missed_hits`` field and never ran fp32 on such an iterate."""
+    bias1, x0v, eps, _ = CASES[Precision.FP16]
+    model = PrecisionModel(_one_pixel(bias1), Precision.FP16)
+    x = torch.full((N, 1, 1, 1), x0v)
+    y = torch.zeros(N, dtype=torch.int64)
+    lo, hi = linf_box(x, eps)
+    start_fn = random_start if engine == "pgd" else uniform_start
+    start = start_fn(x, eps, lo, hi, torch.Generator().manual_seed(0))
+    missed = _dtype_only_start(Precision.FP16, start)  # fp16 says 0, fp32 says 1
+    assert missed.any()
+    results = {}
+    for keep in (False, True):
+        if engine == "pgd":
+            cfg = PGDConfig(eps=eps, steps=3, keep_missed_hits=keep)
+            results[keep] = run_pgd(model, x, y, CE, cfg)
+        else:
+            cfg = APGDConfig(eps=eps, steps=3, keep_missed_hits=keep)
+            results[keep] = run_apgd(model, x, y, CE, cfg)
+    off, on = results[False], results[True]
+    assert (off.missed_hits[missed] >= 1).all()
+    assert not (off.success[missed] & (off.first_success_iter[missed] == 0)).any()
+    assert on.success[missed].all() and (on.first_success_iter[missed] == 0).all()
+    with torch.no_grad():  # a kept missed hit is a real fp32 adversarial example
+        assert (model.reference(on.x_adv[missed]).argmax(dim=1) != 0).all()
+    assert (on.dtype_only_hits == 0).all()

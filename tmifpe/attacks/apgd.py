@@ -31,12 +31,18 @@ Choices made here [derived here], where the paper leaves room or this project di
   (``progress=None``) is :func:`default_progress`: the margin for MIFPE/T-MIFPE, the loss for
   CE, C&W, DLR and any other loss.
 * **Freeze on success** like :func:`tmifpe.attacks.pgd.run_pgd`: an example leaves the run at the
-  first iterate that is a confirmed success (:func:`tmifpe.attacks.runs.confirmed_hits`: the
+  first iterate that is a confirmed success (:func:`tmifpe.attacks.runs.step_verdicts`: the
   attack dtype and a fresh fp32 pass both misclassify it); a dtype-only hit is counted and the
-  run goes on (targeted runs too, as in run_pgd).
-* **Non-finite steps.** A step whose loss or gradient is NaN/Inf is skipped: the iterate, its
-  momentum and its stored gradient stay, and it counts as no progress (f = −∞, so it is never
-  x_max and never an increase).
+  run goes on (targeted runs too, as in run_pgd); a missed hit (fp32 only) is counted and kept
+  only with ``keep_missed_hits`` (:data:`tmifpe.attacks.runs.KEEP_MISSED_HITS`).
+* **Non-finite steps.** The input gradient is taken on the power-of-two-rescaled logit gradient
+  (:func:`tmifpe.attacks.runs.input_gradient`); a step whose loss or gradient is still NaN/Inf
+  is taken in a random sign direction (so the example is not stuck on a recomputation that
+  repeats the NaN), and it counts as no progress (f = −∞, so it is never x_max and never an
+  increase). The stored "gradient" is the sign used.
+* **GPU-ready.** Per-row state lives in full-size device buffers; conditional updates are
+  ``torch.where``s, counters stay on the device until the end of the run; the step's one
+  synchronising op is the compaction of the live rows.
 * **Random start** [APGD code]: x0 + eps·u/‖u‖∞, u ~ U[−1,1]^d, drawn on the CPU generator,
   then projected; this is APGD's start, not the eps-ball-vertex start of run_pgd.
 * **After a restart from x_max** the momentum term is reset (x^{k−1} := x_max) and the next
@@ -65,12 +71,17 @@ from torch import Tensor
 
 from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import (
+    KEEP_MISSED_HITS,
     PGDResult,
+    RunCounters,
     RunState,
     check_class_range,
     check_inputs,
-    confirmed_hits,
+    fallback_generator,
+    input_gradient,
     run_restarts_and_targets,
+    step_direction,
+    step_verdicts,
 )
 from tmifpe.losses import LossFn
 from tmifpe.losses.mifpe import mifpe_loss
@@ -101,6 +112,7 @@ class APGDConfig:
     n_targets: int = 9
     progress: Progress | None = None  # None: default_progress(loss) when run
     seed: int = 0
+    keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps <= 1.0:
@@ -236,7 +248,9 @@ def _single_run(
     acc: RunState,
     idx: Tensor,
 ) -> None:
-    """One APGD run of ``cfg.steps`` iterations on rows ``idx`` (CPU) of the batch."""
+    """One APGD run of ``cfg.steps`` iterations on rows ``idx`` (CPU) of the batch. Per-row
+    state lives in full-size device buffers indexed by the live rows; conditional updates are
+    ``torch.where``s, so the step's only host sync is the compaction ``keep.nonzero()``."""
     n, dev = x0.shape[0], x0.device
     view = (-1, *[1] * (x0.dim() - 1))
     lo, hi = linf_box(x0, cfg.eps)
@@ -249,66 +263,73 @@ def _single_run(
     n_incr = torch.zeros(n, dtype=torch.int64, device=dev)
     halved = torch.zeros(n, dtype=torch.bool, device=dev)  # halved at the previous checkpoint
     marks, last_mark = set(checkpoints(cfg.steps)), 0
+    fallback = fallback_generator(gen, dev)
+    cnt = RunCounters(n, dev)
+    low = None
     live = torch.arange(n, device=dev)  # rows of x0 still attacked
     for k in range(cfg.steps + 1):
         need_grad = k < cfg.steps
-        xk = x_cur[live].requires_grad_(need_grad)
+        xl = x_cur[live]
+        yl, tl = y[live], None if tgt is None else tgt[live]
+        xk = xl.requires_grad_(need_grad)
         with torch.set_grad_enabled(need_grad):
             logits = model(xk)  # (n_live, K), attack dtype
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
-        rows = idx[live.cpu()]
-        acc.fwd[rows] += 1
-        hit, dtype_only = confirmed_hits(model, logits, x_cur[live], y[live], lo[live], hi[live])
-        acc.dtype_only[rows] += dtype_only.long().cpu()
-        acc.record_success(rows[hit.cpu()], x_cur[live[hit]], k, tgt, live[hit])
+            low = logits.dtype != torch.float32
+        hit, dtype_only, missed = step_verdicts(model, logits, xl.detach(), yl, lo[live],
+                                                hi[live], keep_missed=cfg.keep_missed_hits)
+        cnt.add(cnt.fwd, live, 2 if low else 1)
+        cnt.add(cnt.dtype_only, live, dtype_only)
+        cnt.add(cnt.missed, live, missed)
+        cnt.mark_success(live, hit, k)
         keep = ~hit
-        if not bool(keep.any()):
-            return
-        t_live = None if tgt is None else tgt[live]
+        pos = keep.nonzero().squeeze(1)  # the step's one host sync
+        if pos.numel() == 0:
+            break
         with torch.set_grad_enabled(need_grad):
-            loss = loss_fn(logits, y[live], targets=t_live)
+            loss = loss_fn(logits, yl, targets=tl)
+            g = input_gradient(loss, logits, xk, keep) if need_grad else None
         if cfg.progress is Progress.LOSS:
             f = loss.detach().double()
         else:
-            f = progress_margin(logits, y[live], t_live)
-        f = torch.where(torch.isfinite(f), f, float("-inf"))[keep]  # NaN/Inf: no progress
+            f = progress_margin(logits, yl, tl)
+        f = torch.where(torch.isfinite(f), f, float("-inf"))  # NaN/Inf: no progress
+        xl, loss = xl.detach(), loss.detach()
+        if pos.numel() < live.numel():  # frozen rows leave
+            live, f, xl, loss = live[pos], f[pos], xl[pos], loss[pos]
+            g = None if g is None else g[pos]
         if need_grad:
-            (g,) = torch.autograd.grad(loss[keep].sum(), xk)
-            g = g[keep].float()
-        live = live[keep]
-        rows = idx[live.cpu()]
-        if need_grad:
-            acc.bwd[rows] += 1
-            ok = acc.count_degenerate(rows, g, loss.detach()[keep])
-            f = torch.where(ok, f, float("-inf"))  # a skipped step is no progress
+            cnt.add(cnt.bwd, live, 1)
+            ok = cnt.count_degenerate(live, g, loss)
+            f = torch.where(ok, f, float("-inf"))  # a non-finite step is no progress
         # bookkeeping [APGD paper]: increases since the last checkpoint, and x_max
         if k > 0:
-            n_incr[live] += (f > f_cur[live]).long()
+            n_incr.index_add_(0, live, (f > f_cur[live]).long())
         better = f > f_best[live]
-        up = live[better]
-        x_best[up] = x_cur[up]
-        f_best[up] = f[better]
-        f_cur[live] = torch.where(torch.isfinite(f), f, f_cur[live])
+        x_best.index_copy_(0, live, torch.where(better.view(view), xl, x_best[live]))
+        f_best.index_copy_(0, live, torch.where(better, f, f_best[live]))
+        f_cur.index_copy_(0, live, torch.where(torch.isfinite(f), f, f_cur[live]))
         if k == 0:
-            f_check[live] = f
+            f_check.index_copy_(0, live, f)
         if not need_grad:
             break
-        grad[live[ok]] = g[ok]
-        grad_best[up] = grad[up]
+        grad.index_copy_(0, live, step_direction(g, ok, fallback))  # the sign actually used
+        grad_best.index_copy_(0, live, torch.where(better.view(view), grad[live],
+                                                   grad_best[live]))
         if k in marks:
             _checkpoint(cfg.rho * (k - last_mark), live, n_incr, halved, f_best, f_check, step,
                         (x_cur, x_prev, x_best, grad, grad_best, f_cur))
             last_mark = k
         alpha = 1.0 if k == 0 else cfg.momentum
-        move = live[ok]  # rows whose step is taken; a non-finite one is skipped
-        xc, xp, eta = x_cur[move], x_prev[move], step[move].float().view(view)
-        z = project(xc + eta * grad[move].sign(), lo[move], hi[move])
-        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[move], hi[move])
-        x_prev[move] = xc
-        x_cur[move] = x_new
-    # robust examples of this run keep their highest-progress iterate x_max
-    acc.x_adv[idx[live.cpu()]] = x_best[live].cpu()
+        xc, xp, eta = x_cur[live], x_prev[live], step[live].float().view(view)
+        lol, hil = lo[live], hi[live]
+        z = project(xc + eta * grad[live].sign(), lol, hil)
+        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lol, hil)
+        x_prev.index_copy_(0, live, xc)
+        x_cur.index_copy_(0, live, x_new)
+    # successful rows: their hit iterate (x_cur, frozen since); the others x_max of this run
+    cnt.flush(acc, idx, x_cur, x_best, tgt)
 
 
 def _checkpoint(
@@ -316,17 +337,19 @@ def _checkpoint(
     f_check: Tensor, step: Tensor, buffers: tuple[Tensor, ...],
 ) -> None:
     """[APGD paper] Halve η where (a) increases < ρ·interval or (b) not halved last time and no
-    new best; those rows restart from x_max (momentum reset). Updates the tensors in place."""
+    new best; those rows restart from x_max (momentum reset). Updates the tensors in place,
+    with ``torch.where`` over the live rows (no host sync)."""
     x_cur, x_prev, x_best, grad, grad_best, f_cur = buffers
     cond_a = n_incr[live].double() < threshold
     cond_b = ~halved[live] & (f_best[live] <= f_check[live])
     halve = cond_a | cond_b
-    back = live[halve]
-    step[back] = step[back] / 2.0
-    x_cur[back] = x_best[back]
-    x_prev[back] = x_best[back]
-    grad[back] = grad_best[back]
-    f_cur[back] = f_best[back]
-    halved[live] = halve
-    f_check[live] = f_best[live]
-    n_incr[live] = 0
+    hv = halve.view(-1, *[1] * (x_cur.dim() - 1))
+    step.index_copy_(0, live, torch.where(halve, step[live] / 2.0, step[live]))
+    xb = x_best[live]
+    x_cur.index_copy_(0, live, torch.where(hv, xb, x_cur[live]))
+    x_prev.index_copy_(0, live, torch.where(hv, xb, x_prev[live]))
+    grad.index_copy_(0, live, torch.where(hv, grad_best[live], grad[live]))
+    f_cur.index_copy_(0, live, torch.where(halve, f_best[live], f_cur[live]))
+    halved.index_copy_(0, live, halve)
+    f_check.index_copy_(0, live, f_best[live])
+    n_incr.index_fill_(0, live, 0)

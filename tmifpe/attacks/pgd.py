@@ -4,10 +4,16 @@
 budget N; APGD-style momentum (α = 1 at the first step, then ``momentum``); projection onto
 eps-ball ∩ [0,1]; targeted: one full run per target (clean ranks 2…n_targets+1) on still-robust
 points. [derived here] An example is frozen at the first iterate that is a confirmed success
-(:func:`tmifpe.attacks.runs.confirmed_hits`: finite attack-dtype logits misclassify it *and* a
+(:func:`tmifpe.attacks.runs.step_verdicts`: finite attack-dtype logits misclassify it *and* a
 fresh fp32 pass of its float32 iterate does); an iterate misclassified in the attack dtype only
-is counted (``dtype_only_hits``) and the attack goes on from it. A step whose loss or gradient
-is NaN/Inf is skipped: the iterate and its momentum stay as they are.
+is counted (``dtype_only_hits``) and the attack goes on from it; one fp32 misclassifies but the
+attack dtype does not is counted too (``missed_hits``) and, by default, not kept
+(``keep_missed_hits``, see :data:`tmifpe.attacks.runs.KEEP_MISSED_HITS`). The input gradient
+is taken with the logit gradient rescaled by a power of two
+(:func:`tmifpe.attacks.runs.input_gradient`: exact, same sign, no fp16 overflow from the scaled
+losses' c); a step whose loss or gradient is still NaN/Inf is counted and taken in a random
+sign direction (:func:`tmifpe.attacks.runs.step_direction`), so no example is stuck. The step
+reads nothing back to the host; its one synchronising op is the compaction of the live rows.
 """
 
 from __future__ import annotations
@@ -19,13 +25,18 @@ from torch import Tensor
 
 from tmifpe.attacks.projection import linf_box, project, random_start
 from tmifpe.attacks.runs import (
+    KEEP_MISSED_HITS,
     NEVER,
     PGDResult,
+    RunCounters,
     RunState,
     check_class_range,
     check_inputs,
-    confirmed_hits,
+    fallback_generator,
+    input_gradient,
     run_restarts_and_targets,
+    step_direction,
+    step_verdicts,
 )
 from tmifpe.attacks.schedule import Schedule, step_size
 from tmifpe.losses import LossFn
@@ -44,6 +55,7 @@ class PGDConfig:
     targeted: bool = False
     n_targets: int = 9
     seed: int = 0
+    keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps <= 1.0:
@@ -102,42 +114,56 @@ def _single_run(
     state: RunState,
     idx: Tensor,
 ) -> None:
-    """One PGD run of ``cfg.steps`` steps on the rows ``idx`` of the batch; updates ``state``."""
+    """One PGD run of ``cfg.steps`` steps on the rows ``idx`` (CPU) of the batch; updates
+    ``state`` once, at the end. The step's only host sync is the compaction of the live rows
+    (``keep.nonzero()``); counters stay on the device until then."""
+    n, dev = x0.shape[0], x0.device
     lo, hi = linf_box(x0, cfg.eps)
     x_cur = random_start(x0, cfg.eps, lo, hi, gen)
     x_prev = x_cur.clone()
-    live = torch.arange(x0.shape[0])  # rows of x0 still being attacked
+    fallback = fallback_generator(gen, dev)
+    cnt = RunCounters(n, dev)
+    low = None  # attack dtype is not fp32: one fp32 confirmation forward per iterate
+    live = torch.arange(n, device=dev)  # rows of x0 still being attacked
     for k in range(cfg.steps + 1):
-        xk = x_cur[live].requires_grad_(k < cfg.steps)
-        with torch.set_grad_enabled(k < cfg.steps):
+        full = live.numel() == n  # no row frozen: whole buffers, no gathers
+        last = k == cfg.steps
+        xl = x_cur.clone() if full else x_cur[live]
+        yl, tl = (y, tgt) if full else (y[live], None if tgt is None else tgt[live])
+        lol, hil = (lo, hi) if full else (lo[live], hi[live])
+        xk = xl.requires_grad_(not last)
+        with torch.set_grad_enabled(not last):
             logits = model(xk)  # (n_live, K) in the attack dtype
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
-        state.fwd[idx[live]] += 1
-        dev_live = live.to(x0.device)
-        hit, dtype_only = confirmed_hits(model, logits, x_cur[dev_live], y[dev_live],
-                                         lo[dev_live], hi[dev_live])
-        hit, dtype_only = hit.cpu(), dtype_only.cpu()  # index bookkeeping on CPU
-        state.dtype_only[idx[live]] += dtype_only.long()
-        state.record_success(idx[live[hit]], x_cur[live[hit]], k, tgt, live[hit])
-        if k == cfg.steps:
+            low = logits.dtype != torch.float32
+        hit, dtype_only, missed = step_verdicts(model, logits, xl.detach(), yl, lol, hil,
+                                                keep_missed=cfg.keep_missed_hits)
+        cnt.add(cnt.fwd, live, 2 if low else 1)
+        cnt.add(cnt.dtype_only, live, dtype_only)
+        cnt.add(cnt.missed, live, missed)
+        cnt.mark_success(live, hit, k)
+        if last:
             break
         keep = ~hit
-        if not keep.any():
-            return
-        loss = loss_fn(logits, y[live], targets=None if tgt is None else tgt[live])
-        (grad,) = torch.autograd.grad(loss[keep.to(loss.device)].sum(), xk)
-        live, grad = live[keep], grad[keep.to(grad.device)].float()
-        state.bwd[idx[live]] += 1  # frozen rows are outside loss[keep]: no gradient for them
-        ok = state.count_degenerate(idx[live], grad, loss.detach()[keep.to(loss.device)])
-        step = live[ok.cpu()]  # rows whose step is taken; the others stay where they are
-        grad = grad[ok]
+        pos = keep.nonzero().squeeze(1)  # the step's one host sync
+        if pos.numel() == 0:
+            break
+        with torch.enable_grad():
+            loss = loss_fn(logits, yl, targets=tl)
+            grad = input_gradient(loss, logits, xk, keep)
+        xl, loss = xl.detach(), loss.detach()
+        if pos.numel() < live.numel():  # frozen rows leave (hit rows had no gradient)
+            live, grad, loss, xl, lol, hil = (t[pos] for t in (live, grad, loss, xl, lol, hil))
+        cnt.add(cnt.bwd, live, 1)
+        ok = cnt.count_degenerate(live, grad, loss)
+        direction = step_direction(grad, ok, fallback)
         eta = step_size(cfg.schedule, k, cfg.steps, cfg.eps)
         alpha = 1.0 if k == 0 else cfg.momentum
-        xc, xp = x_cur[step], x_prev[step]
-        z = project(xc + eta * grad.sign(), lo[step], hi[step])
-        x_new = project(xc + alpha * (z - xc) + (1.0 - alpha) * (xc - xp), lo[step], hi[step])
-        x_prev[step] = xc
-        x_cur[step] = x_new
-    # examples never misclassified keep the last iterate of the last run
-    state.x_adv[idx[live]] = x_cur[live].cpu()
+        xp = x_prev[live]
+        z = project(xl + eta * direction, lol, hil)
+        x_new = project(xl + alpha * (z - xl) + (1.0 - alpha) * (xl - xp), lol, hil)
+        x_prev.index_copy_(0, live, xl)
+        x_cur.index_copy_(0, live, x_new)
+    # a successful row's x_cur is its hit iterate (it left ``live``); the others' the last one
+    cnt.flush(state, idx, x_cur, x_cur, tgt)

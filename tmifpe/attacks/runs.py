@@ -14,6 +14,17 @@ from tmifpe.precision import PrecisionModel
 
 NEVER = -1  # first_success_iter of an example never misclassified
 
+KEEP_MISSED_HITS = False
+"""Default of the engines' ``keep_missed_hits`` [derived here, decided on measurements]:
+``benchmarks/results/missed_hits.json`` (``benchmarks/missed_hits.py``: digits CNNs, standard
+and PGD-AT, untargeted PGD, 20 steps, eps 0.2, every loss at fp16/bf16/fp64) counts the
+missed hits and runs every cell with and without keeping them. Missed hits were rare (0 at
+fp16 and fp64, 0-4 per bf16 cell of 180 points) and in one cell of 30 (PGD-AT, bf16, CE) one
+example that had one ended robust: keeping them would have lowered that robust accuracy by 1
+point in 180 (16.67% -> 16.11%), no other. Not keeping them leaves the attack's decisions to
+the attack dtype, the factor the precision study varies (keeping would hand the bf16 attack
+fp32's decisions); the count is reported per example either way."""
+
 
 def batch_seed(seed: int, targeted: bool, batch: int) -> int:
     """Seed of the random starts of batch ``batch`` of an attack. It depends on nothing else, so
@@ -26,10 +37,15 @@ def batch_seed(seed: int, targeted: bool, batch: int) -> int:
 class PGDResult:
     """Per-example outcome of one attack (all tensors have leading dim N, on CPU).
 
-    ``success`` is the confirmed success of :func:`confirmed_hits` (attack-dtype logits finite
-    and misclassifying, and a fresh fp32 pass of the float32 iterate misclassifying it); the
-    final fp32/fp64 verdicts come from :mod:`tmifpe.verify`. ``dtype_only_hits`` counts the
-    iterates the attack dtype called misclassified but fp32 did not (the attack went on).
+    ``success`` is the confirmed success of :func:`step_verdicts` (attack-dtype logits finite
+    and misclassifying, and a fresh fp32 pass of the float32 iterate misclassifying it; with
+    ``keep_missed_hits`` the fp32 pass alone); the final fp32/fp64 verdicts come from
+    :mod:`tmifpe.verify`. ``dtype_only_hits`` counts the iterates the attack dtype called
+    misclassified but fp32 did not (the attack went on); ``missed_hits`` the mirror: iterates
+    fp32 misclassifies (finite fp32 logits, inside eps-ball ∩ [0,1]) but the attack dtype does
+    not (0 at fp32, where the attack pass is the fp32 pass). ``n_forward`` counts every forward
+    pass the example took part in, the fp32 confirmation passes at fp16/bf16/fp64 included (one
+    per iterate there: the engines confirm every iterate, see :func:`step_verdicts`).
     ``first_success_iter`` is the iterate index (0 = random start, N = last
     iterate) of the first success within its run, ``NEVER`` if none. ``x_adv`` is float32: the
     successful iterate, or the engine's chosen iterate of the last run for robust examples.
@@ -42,8 +58,9 @@ class PGDResult:
     n_forward: Tensor  # (N,) int64, forward passes this example took part in
     n_backward: Tensor  # (N,) int64, backward passes this example took part in
     zero_grad_steps: Tensor  # (N,) int64, steps whose input gradient was exactly zero
-    nonfinite_steps: Tensor  # (N,) int64, steps with NaN/Inf loss or gradient (step skipped)
+    nonfinite_steps: Tensor  # (N,) int64, steps with NaN/Inf loss or gradient (random step)
     dtype_only_hits: Tensor  # (N,) int64, iterates misclassified in the attack dtype only
+    missed_hits: Tensor  # (N,) int64, iterates misclassified by the fp32 pass only
 
 
 @dataclass
@@ -59,6 +76,7 @@ class RunState:
     zero: Tensor
     nonfinite: Tensor
     dtype_only: Tensor
+    missed: Tensor
 
     @classmethod
     def empty(cls, x: Tensor) -> RunState:
@@ -68,11 +86,11 @@ class RunState:
             return torch.zeros(n, dtype=torch.int64)
 
         return cls(x.clone(), torch.zeros(n, dtype=torch.bool), torch.full((n,), NEVER),
-                   torch.full((n,), -1), z(), z(), z(), z(), z())
+                   torch.full((n,), -1), z(), z(), z(), z(), z(), z())
 
     def freeze(self) -> PGDResult:
         return PGDResult(self.x_adv, self.success, self.first, self.target, self.fwd, self.bwd,
-                         self.zero, self.nonfinite, self.dtype_only)
+                         self.zero, self.nonfinite, self.dtype_only, self.missed)
 
     def record_success(self, rows: Tensor, x_hit: Tensor, k: int, tgt: Tensor | None,
                        local: Tensor) -> None:
@@ -120,6 +138,126 @@ def confirmed_hits(
     success = candidate.clone()
     success[rows] = torch.isfinite(z32).all(dim=1) & (z32.argmax(dim=1) != y[rows])
     return success, candidate & ~success
+
+
+@torch.no_grad()
+def step_verdicts(
+    model: PrecisionModel, logits: Tensor, x: Tensor, y: Tensor, lo: Tensor, hi: Tensor, *,
+    keep_missed: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(success, dtype_only, missed) (n,) bool on ``logits.device`` for iterates ``x``
+    (float32), with no host synchronisation (the engines' per-step rule).
+
+    [derived here] candidate: the attack-dtype ``logits`` are finite and misclassify and ``x``
+    lies in [lo, hi]; fp32: a fresh forward of float32 ``x`` through ``model.reference`` gives
+    finite logits that misclassify (same box check). At fp16/bf16/fp64 *every* row goes through
+    the reference (one fp32 forward per row and step; selecting only the candidates would cost
+    a host sync): success = candidate ∧ fp32, dtype_only = candidate ∧ ¬fp32, missed =
+    fp32 ∧ ¬candidate. ``keep_missed``: a missed hit is a success too (success = fp32). At fp32
+    the attack pass is the fp32 pass: success = candidate, nothing else, no second forward.
+    """
+    z = logits.detach()
+    inside = ((x >= lo) & (x <= hi)).flatten(1).all(dim=1)
+    candidate = torch.isfinite(z).all(dim=1) & (z.argmax(dim=1) != y) & inside
+    if z.dtype == torch.float32:
+        none = torch.zeros_like(candidate)
+        return candidate, none, none
+    z32 = model.reference(x)
+    fp32 = torch.isfinite(z32).all(dim=1) & (z32.argmax(dim=1) != y) & inside
+    missed = fp32 & ~candidate
+    success = fp32 if keep_missed else candidate & fp32
+    return success, candidate & ~fp32, missed
+
+
+def input_gradient(loss: Tensor, logits: Tensor, x: Tensor, keep: Tensor) -> Tensor:
+    """∇_x Σ_{i: keep_i} loss_i, float32, with the network's backward run on the logit gradient
+    of each row rescaled by a power of two so that its largest entry is at most 1.
+
+    [derived here] The scaled losses multiply the logits by c = t/Δ (up to ~6.5e4 in fp16,
+    :mod:`tmifpe.losses.scaling`), so their logit gradient c·(p − e_y) can make an fp16
+    backward through the network overflow where CE's (entries ≤ 1) does not. The backward is
+    linear in the logit gradient g, and multiplying g by 2^-e is exact in binary floating point,
+    so each intermediate value, and ∇_x, is exactly 2^-e times the unscaled one (same sign)
+    unless a value of the unscaled backward overflowed (the case this fixes) or a scaled one
+    reaches the subnormal range. Rows with max |g| ≤ 1 (every CE and C&W row) are not touched;
+    non-finite rows stay non-finite (the engine takes a random step for them). Rows outside
+    ``keep`` get no gradient (``torch.where`` masks them, NaN included). No host sync.
+    """
+    masked = torch.where(keep, loss, torch.zeros_like(loss))
+    (g,) = torch.autograd.grad(masked.sum(), logits)
+    amax = g.detach().abs().amax(dim=1).float()
+    _, e = torch.frexp(amax)  # amax = m·2^e, m ∈ [0.5, 1)
+    e = torch.where(torch.isfinite(amax) & (amax > 1.0), e, torch.zeros_like(e))
+    scale = torch.ldexp(torch.ones_like(amax), -e).to(g.dtype)  # exact power of two
+    (grad,) = torch.autograd.grad(logits, x, grad_outputs=g * scale[:, None])
+    return grad.float()
+
+
+class RunCounters:
+    """Per-run counters on the attack device, indexed by the run's rows: updated each step
+    without a host sync and added to the :class:`RunState` once per run (:meth:`flush`)."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        def z() -> Tensor:
+            return torch.zeros(n, dtype=torch.int64, device=device)
+
+        self.fwd, self.bwd, self.zero, self.nonfinite = z(), z(), z(), z()
+        self.dtype_only, self.missed = z(), z()
+        self.first = torch.full((n,), NEVER, dtype=torch.int64, device=device)
+
+    @staticmethod
+    def add(counter: Tensor, live: Tensor, values: Tensor | int) -> None:
+        """counter[live] += values (``live``: device row indices of the step)."""
+        if isinstance(values, int):
+            values = torch.full(live.shape, values, dtype=torch.int64, device=live.device)
+        counter.index_add_(0, live, values.long())
+
+    def mark_success(self, live: Tensor, hit: Tensor, k: int) -> None:
+        """first[live[i]] = k where hit[i] (an example is hit once: it leaves ``live``)."""
+        self.first.index_copy_(0, live, torch.where(hit, k, self.first[live]))
+
+    def count_degenerate(self, live: Tensor, grad: Tensor, loss: Tensor) -> Tensor:
+        """Count steps whose gradient is exactly zero, or whose loss/gradient is NaN/Inf;
+        returns the (n,) bool mask of the finite ones (the others take a random step)."""
+        flat = grad.flatten(1)
+        finite = torch.isfinite(flat).all(dim=1) & torch.isfinite(loss)
+        self.add(self.nonfinite, live, ~finite)
+        self.add(self.zero, live, finite & (flat == 0).all(dim=1))
+        return finite
+
+    def flush(self, state: RunState, idx: Tensor, x_hit: Tensor, x_robust: Tensor,
+              tgt: Tensor | None) -> None:
+        """Add this run's counts to ``state`` rows ``idx`` (CPU); successful rows get
+        ``x_hit`` and their first success iterate and target, the others ``x_robust``."""
+        first = self.first.cpu()
+        for name, c in (("fwd", self.fwd), ("bwd", self.bwd), ("zero", self.zero),
+                        ("nonfinite", self.nonfinite), ("dtype_only", self.dtype_only),
+                        ("missed", self.missed)):
+            getattr(state, name)[idx] += c.cpu()
+        hit = first != NEVER
+        state.success[idx[hit]] = True
+        state.first[idx[hit]] = first[hit]
+        state.x_adv[idx] = torch.where(hit.view(-1, *[1] * (x_hit.dim() - 1)),
+                                       x_hit.cpu(), x_robust.cpu())
+        if tgt is not None:
+            state.target[idx[hit]] = tgt.cpu()[hit]
+
+
+def fallback_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """Generator of the random sign steps taken where a step's loss or gradient is NaN/Inf, on
+    the attack device, seeded from ``gen``'s seed without drawing from ``gen`` (so the random
+    starts, and every result without such a step, are those of a run that never needs one)."""
+    return torch.Generator(device=device).manual_seed((gen.initial_seed() * 7919 + 17) % 2**63)
+
+
+def step_direction(grad: Tensor, ok: Tensor, fallback: torch.Generator) -> Tensor:
+    """sign(grad) where ``ok``, else a uniform random sign per pixel [derived here: a non-finite
+    step must not leave the iterate where it is, or the deterministic recomputation repeats it
+    for the rest of the run]. Drawn every step (no host sync to ask whether any row needs it)."""
+    noise = torch.randint(0, 2, grad.shape, generator=fallback, device=grad.device,
+                          dtype=torch.int8)
+    view = ok.view(-1, *[1] * (grad.dim() - 1))
+    return torch.where(view, grad.sign(), 2.0 * noise.to(grad.dtype) - 1.0)
 
 
 def check_inputs(x: Tensor, y: Tensor, targets: Tensor | None, targeted: bool) -> None:
