@@ -25,9 +25,9 @@ from tmifpe.attacks.pgd import PGDConfig, run_pgd
 from tmifpe.data.digits import digits_split
 from tmifpe.losses import get_loss
 from tmifpe.models.small_cnn import SmallCNN
-from tmifpe.pipeline.atomic import write_json
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ("ce", "cw", "dlr", "mifpe", "tmifpe")

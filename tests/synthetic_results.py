@@ -21,7 +21,8 @@ CELL_DEFAULTS = {
     "seed": 0, "label": 0, "attack_success": False, "valid": True, "false_success": False,
     "fp32_fp64_disagree": False, "first_success_iter": -1, "success_target": -1,
     "margin_fp32": 1.0, "margin_fp64": 1.0, "n_forward": 0, "n_backward": 0,
-    "zero_grad_steps": 0, "nonfinite_steps": 0, "dtype_only_hits": 0, "nonfinite_fp32": False,
+    "zero_grad_steps": 0, "nonfinite_steps": 0, "dtype_only_hits": 0, "missed_hits": 0,
+    "nonfinite_fp32": False,
     "nonfinite_fp64": False,
 }
 AA_DEFAULTS = {

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tmifpe.attacks.fast import FastConfig
 from tmifpe.attacks.schedule import Schedule
 from tmifpe.evaluation.attack import (
+    EXAMPLE_KEYS,
     AttackSettings,
     BatchProgress,
     robust_columns,
@@ -73,6 +74,7 @@ class EvalResult:
     zero_grad_steps: Tensor  # int64
     nonfinite_steps: Tensor  # int64
     dtype_only_hits: Tensor  # int64: iterates misclassified in the attack dtype only
+    missed_hits: Tensor  # int64: iterates misclassified by fp32 only (attack dtype did not)
     loss: str
     eps: float
     budget: int
@@ -102,11 +104,7 @@ class EvalResult:
 
     def frame(self, *, dataset: str = "", model: str = "") -> pl.DataFrame:
         """The rows of an attack cell's Parquet (docs/results-schema.md), one per example."""
-        columns = {k: getattr(self, k) for k in (
-            "label", "clean_correct", "attack_success", "valid", "pred_fp32", "pred_fp64",
-            "margin_fp32", "margin_fp64", "nonfinite_fp32", "nonfinite_fp64",
-            "first_success_iter", "success_target", "n_forward", "n_backward",
-            "zero_grad_steps", "nonfinite_steps", "dtype_only_hits")}
+        columns = {k: getattr(self, k) for k in EXAMPLE_KEYS}
         return unit_frame(columns, dataset=dataset, model=model, loss=self.loss,
                           precision=self.precision, budget=self.budget, restarts=self.restarts,
                           n_targets=self.n_targets, eps=self.eps, seed=self.seed)

@@ -302,6 +302,7 @@ def summarise(frame: Any, *, wall_time_s: float, aa_frame: Any = None,
         "n_invalid": int((~frame["valid"]).sum()),
         "nonfinite_steps": int(frame["nonfinite_steps"].sum()),
         "dtype_only_hits": int(frame["dtype_only_hits"].sum()),
+        "missed_hits": int(frame["missed_hits"].sum()),
         "cost": {
             "forward_per_point": frame["n_forward"].mean(),
             "backward_per_point": frame["n_backward"].mean(),

@@ -17,7 +17,8 @@ _CELL_READ = [
     "dataset", "model", "loss", "targeted", "precision", "budget", "example",
     "clean_correct", "robust_fp32", "robust_fp64", "false_success", "fp32_fp64_disagree",
     "first_success_iter", "margin_fp32", "margin_fp64", "n_forward", "n_backward",
-    "zero_grad_steps", "nonfinite_steps", "dtype_only_hits", "nonfinite_fp32", "nonfinite_fp64",
+    "zero_grad_steps", "nonfinite_steps", "dtype_only_hits", "missed_hits", "nonfinite_fp32",
+    "nonfinite_fp64",
 ]
 _AA_READ = [
     "dataset", "model", "example", "clean_correct", "broken_by", "robust_fp32",

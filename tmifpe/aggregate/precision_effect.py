@@ -19,10 +19,12 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
     (100 × (robust_acc − fp64_robust_acc)), n_dtype_only_examples (examples with at least one
     iterate misclassified in the attack dtype but not by the fp32 check: a measured precision
     effect of its own, not in robust_acc, since the attack went on from them), dtype_only_hits
-    (such iterates in all), n_false_success (confirmed successes the final fp32 verification
-    rejected; 0 unless the confirmation and the verification disagree), n_fp32_fp64_disagree,
-    zero_grad_steps, backward_passes, zero_grad_fraction (zero_grad_steps / backward_passes,
-    null if no backward pass), nonfinite_steps.
+    (such iterates in all), n_missed_examples / missed_hits (the mirror: iterates the fp32
+    check misclassified but the attack dtype did not; tmifpe.attacks.runs), n_false_success
+    (confirmed successes the final fp32 verification rejected; 0 unless the confirmation and
+    the verification disagree), n_fp32_fp64_disagree, zero_grad_steps, backward_passes,
+    zero_grad_fraction (zero_grad_steps / backward_passes, null if no backward pass),
+    nonfinite_steps.
     """
     per_run = (
         cells.group_by(RUN_KEYS)
@@ -31,6 +33,8 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
             count(robust(), "n_robust"),
             count(pl.col("dtype_only_hits") > 0, "n_dtype_only_examples"),
             pl.col("dtype_only_hits").sum().cast(pl.Int64),
+            count(pl.col("missed_hits") > 0, "n_missed_examples"),
+            pl.col("missed_hits").sum().cast(pl.Int64),
             count(pl.col("false_success"), "n_false_success"),
             count(pl.col("fp32_fp64_disagree"), "n_fp32_fp64_disagree"),
             pl.col("zero_grad_steps").sum().cast(pl.Int64),
@@ -53,7 +57,8 @@ def precision_effect(cells: pl.DataFrame) -> pl.DataFrame:
         )
         .select(
             *RUN_KEYS, "n", "robust_acc", "fp64_robust_acc", "delta_vs_fp64_pp",
-            "n_dtype_only_examples", "dtype_only_hits", "n_false_success",
+            "n_dtype_only_examples", "dtype_only_hits", "n_missed_examples", "missed_hits",
+            "n_false_success",
             "n_fp32_fp64_disagree", "zero_grad_steps", "backward_passes",
             "zero_grad_fraction", "nonfinite_steps",
         )

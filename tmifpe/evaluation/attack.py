@@ -37,7 +37,7 @@ BatchProgress = Callable[[int, int], None]  # (points done, points total), after
 VERDICT_KEYS = ("valid", "pred_fp32", "pred_fp64", "margin_fp32", "margin_fp64",
                 "nonfinite_fp32", "nonfinite_fp64")
 ENGINE_KEYS = ("attack_success", "first_success_iter", "success_target", "n_forward",
-               "n_backward", "zero_grad_steps", "nonfinite_steps", "dtype_only_hits")
+               "n_backward", "zero_grad_steps", "nonfinite_steps", "dtype_only_hits", "missed_hits")
 EXAMPLE_KEYS = ("label", "clean_correct", *VERDICT_KEYS, *ENGINE_KEYS)
 
 
@@ -115,6 +115,7 @@ def run_unit(models: VerdictModels, settings: AttackSettings, precision: Precisi
         "success_target": res.success_target.cpu(), "n_forward": res.n_forward.cpu(),
         "n_backward": res.n_backward.cpu(), "zero_grad_steps": res.zero_grad_steps.cpu(),
         "nonfinite_steps": res.nonfinite_steps.cpu(), "dtype_only_hits": res.dtype_only_hits.cpu(),
+        "missed_hits": res.missed_hits.cpu(),
         "n_targets": torch.tensor(cfg.n_targets), "n_attacked": correct.sum(),
         "wall_time_s": torch.tensor(wall, dtype=torch.float64),
     }
@@ -150,8 +151,8 @@ def unit_frame(columns: Mapping[str, Tensor], *, dataset: str, model: str, loss:
         "fp32_fp64_disagree": robust32 != robust64,
         **{k: columns[k] for k in ("first_success_iter", "success_target", "margin_fp32",
                                    "margin_fp64", "n_forward", "n_backward", "zero_grad_steps",
-                                   "nonfinite_steps", "dtype_only_hits", "nonfinite_fp32",
-                                   "nonfinite_fp64")},
+                                   "nonfinite_steps", "dtype_only_hits", "missed_hits",
+                                   "nonfinite_fp32", "nonfinite_fp64")},
     })
 
 

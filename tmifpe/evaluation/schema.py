@@ -45,6 +45,7 @@ CELL_SCHEMA: dict[str, pl.DataType] = {
     "zero_grad_steps": pl.Int64(),
     "nonfinite_steps": pl.Int64(),
     "dtype_only_hits": pl.Int64(),
+    "missed_hits": pl.Int64(),
     "nonfinite_fp32": pl.Boolean(),
     "nonfinite_fp64": pl.Boolean(),
 }

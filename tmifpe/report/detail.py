@@ -125,7 +125,8 @@ def precision_table(tables: dict) -> Table:
     rows = _rows(frame, tables, lambda r, m: (
         m, attack_name(r["loss"], r["targeted"]), str(r["budget"]), r["precision"],
         pct(r["robust_acc"]), pp(r["delta_vs_fp64_pp"]), str(r["n_dtype_only_examples"]),
-        str(r["dtype_only_hits"]), str(r["n_false_success"]), str(r["n_fp32_fp64_disagree"]),
+        str(r["dtype_only_hits"]), str(r["n_missed_examples"]), str(r["missed_hits"]),
+        str(r["n_false_success"]), str(r["n_fp32_fp64_disagree"]),
         num(r["zero_grad_fraction"], 4), str(r["nonfinite_steps"])))
     return _table(
         "precision-detail", "Precision effects",
@@ -133,12 +134,15 @@ def precision_table(tables: dict) -> Table:
         "the fp64 attack (pp). Dtype-only hits, a measured precision effect of its own: "
         "iterates the attack's precision called misclassified but a fresh fp32 pass did not "
         "(examples with at least one, and iterates in all); the attack went on from them, so "
-        "they are not in the robust accuracy. False successes: confirmed successes the final "
+        "they are not in the robust accuracy. Missed hits, the mirror: iterates a fresh fp32 "
+        "pass misclassified but the attack's precision did not (not kept: the attack decides "
+        "in its own precision). False successes: confirmed successes the final "
         "fp32 check rejected (expected 0). Zero-grad fraction = zero-gradient steps / backward "
         "passes.",
         [("Model", False), ("Attack", False), ("N", True), ("Precision", False),
          ("Robust %", True), ("Δ vs fp64 (pp)", True), ("Dtype-only hit examples", True),
-         ("Dtype-only hits", True), ("False successes", True),
+         ("Dtype-only hits", True), ("Missed hit examples", True), ("Missed hits", True),
+         ("False successes", True),
          ("fp32 ≠ fp64", True), ("Zero-grad fraction", True), ("Non-finite steps", True)], rows)
 
 
