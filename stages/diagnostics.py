@@ -36,7 +36,7 @@ def run_diagnostics(suite: SuiteParams, model_key: str, *, data_dir: Path = Path
         raise ValueError(f"model {model_key!r} is not in the grid of suite {suite.name!r}")
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_dir / f"{ds_key}.pt", ds.n_examples)
-    model = load_model(suite, model_key)
+    model = load_model(model_key, *suite.model_and_dataset(model_key))
     plan = DiagnosticsPlan.from_suite(suite, model_key)
     examples, info = measure(model, x, y, plan)
     edges = gap_bin_edges(plan.precisions)

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tmifpe.pipeline.config import DatasetParams
+from tmifpe.params import DatasetParams
+from tmifpe.storage import save_torch
 
 N_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 IMAGE_SHAPE = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
@@ -41,11 +42,8 @@ def build_dataset(params: DatasetParams, data_dir: Path) -> dict[str, Tensor]:
 
 
 def save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    """Atomic ``torch.save`` (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    tmp.replace(path)
+    """Atomic ``torch.save`` of contiguous copies (:func:`tmifpe.storage.save_torch`)."""
+    save_torch({k: v.contiguous() for k, v in tensors.items()}, path)
 
 
 def load_tensors(path: Path) -> dict[str, Tensor]:

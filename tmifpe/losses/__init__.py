@@ -14,6 +14,7 @@ from functools import partial
 
 from torch import Tensor
 
+from tmifpe.choices import parse_enum
 from tmifpe.losses.ce import ce_loss
 from tmifpe.losses.cw import cw_loss
 from tmifpe.losses.dlr import dlr_loss
@@ -57,11 +58,7 @@ LOSSES: dict[LossName, LossSpec] = {
 
 
 def parse_loss(name: str) -> LossName:
-    try:
-        return LossName(name)
-    except ValueError:
-        allowed = ", ".join(n.value for n in LossName)
-        raise ValueError(f"unknown loss {name!r}; expected one of: {allowed}") from None
+    return parse_enum(LossName, name, "loss")
 
 
 def get_loss(name: str | LossName, *, tstar_rule: str = "coef") -> LossFn:

@@ -33,6 +33,7 @@ from torch import Tensor
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.pgd import PGDConfig, PGDResult, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
+from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
@@ -98,8 +99,7 @@ class Variant:
 def variants(rule: str = "coef") -> tuple[Variant, ...]:
     """The grid: (a) phase modes at ``rule``, (b) every rule with auto phases, (c) CE and
     T-MIFPE (``rule``, auto) in PGD and APGD; sorted, without duplicates."""
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
     grid = {Variant("pgd", "tmifpe", rule, m) for m in PHASE_MODES}
     grid |= {Variant("pgd", "tmifpe", r, "auto") for r in PHASE23_RULES}
     grid |= {Variant(e, "ce") for e in ENGINES} | {Variant(e, "tmifpe", rule, "auto")
@@ -126,8 +126,7 @@ def forced_tstar(
     t = 1, "coef" argmax (t/Δ)·p_π2, "cap" t = τ(dtype). Rows already in the forced phase get
     exactly ``optimal_t``'s value.
     """
-    if mode not in PHASE_MODES:
-        raise ValueError(f"unknown phase mode {mode!r}; expected one of {PHASE_MODES}")
+    check_choice(mode, PHASE_MODES, "phase mode")
     check_labels(logits, labels, targets)
     if mode == "auto":
         return optimal_t(logits, labels, targets=targets, rule=rule, dtype=dtype)
@@ -144,10 +143,8 @@ def forced_phase_loss(mode: str, rule: str = "coef") -> LossFn:
     """T-MIFPE [paper] CE((t/Δ)·z, y) (targeted −CE(·, y_t)) with t = :func:`forced_tstar`,
     t and Δ detached, computed like ``tmifpe.losses.tmifpe.tmifpe_loss``; ``mode`` "auto"
     reproduces that loss."""
-    if mode not in PHASE_MODES:
-        raise ValueError(f"unknown phase mode {mode!r}; expected one of {PHASE_MODES}")
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(mode, PHASE_MODES, "phase mode")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
 
     def loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
         t = forced_tstar(logits, labels, targets=targets, mode=mode, rule=rule,
@@ -211,7 +208,7 @@ def run_ablations(
     x_all, y_all = load_eval_points(data_path, ds.n_examples)
     device = resolve_device(suite.device)
     x_all, y_all = x_all.to(device), y_all.to(device)
-    net = load_model(suite, model_key).to(device)
+    net = load_model(model_key, *suite.model_and_dataset(model_key)).to(device)
     ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
     rows, timings = [], []
     for prec in precisions:

@@ -50,7 +50,7 @@ def run_autoattack_cell(
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_path, ds.n_examples)
-    model = load_model(suite, model_key).to(device)
+    model = load_model(model_key, *suite.model_and_dataset(model_key)).to(device)
     aa = suite.autoattack
     cfg = AAConfig(eps=ds.eps, seed=aa.seed, batch_size=aa.batch_size, device=str(device))
     key = resume_key(suite, model_key, data_path, model_files(model_key))

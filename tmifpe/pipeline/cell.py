@@ -88,7 +88,7 @@ def run_attack_cell(
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(spec.model)
     x_all, y_all = load_eval_points(data_path, ds.n_examples)
-    model = load_model(suite, spec.model).to(device)
+    model = load_model(spec.model, *suite.model_and_dataset(spec.model)).to(device)
     ref32 = PrecisionModel(model, Precision.FP32)
     ref64 = PrecisionModel(model, Precision.FP64)
     work = work_root / f"{spec.name}-{cell_key(suite, spec, data_path, model_files)}"

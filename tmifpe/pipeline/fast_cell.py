@@ -10,16 +10,26 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from tmifpe.attacks.fast import FastConfig, FastResult, run_fast
+from tmifpe.attacks.fast import FastConfig, FastResult, Kind, Phase, run_fast
 from tmifpe.data.sources import load_eval_points
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.fast_config import FastParams
 from tmifpe.runtime import resolve_device
 from tmifpe.storage import write_json, write_parquet
 
 TUNING, HELD_OUT = "tuning", "held_out"
 SOURCE_FILES = ("stages/fast.py", "tmifpe/pipeline/fast_cell.py", "tmifpe/pipeline/fast_config.py",
                 "tmifpe/attacks/fast.py")
+
+
+def preset_config(params: FastParams, eps: float) -> FastConfig:
+    """The preset the suite's ``fast:`` section describes, at ``eps``."""
+    phases = tuple(Phase(Kind(p.kind), p.steps, p.loss.value, p.n_targets, p.restarts)
+                   for p in params.phases)
+    return FastConfig(eps=eps, phases=phases, guard_queries=params.guard_queries,
+                      guard_p_init=params.guard_p_init, tstar_rule=params.tstar_rule,
+                      batch_size=params.batch_size, seed=params.seed)
 
 
 def tuning_mask(n: int, seed: int, fraction: float) -> Tensor:
@@ -94,9 +104,9 @@ def run_fast_cell(suite: SuiteParams, model_key: str, *, data_path: Path, out: P
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_path, ds.n_examples)
-    model = load_model(suite, model_key).to(device)
+    model = load_model(model_key, *suite.model_and_dataset(model_key)).to(device)
     fp = suite.fast
-    config = fp.config(ds.eps)
+    config = preset_config(fp, ds.eps)
     t0 = time.perf_counter()
     result = run_fast(model, x.to(device), y.to(device), config)
     wall = time.perf_counter() - t0

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import tmifpe
+from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
 from tmifpe.pipeline.config import SuiteParams
@@ -34,8 +35,7 @@ def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
 
 
 def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    if key not in suite.model_zoo:
-        raise ValueError(f"unknown model {key!r}; expected one of: {', '.join(suite.model_zoo)}")
+    check_choice(key, suite.model_zoo, "model")
     params = suite.model_zoo[key]
     ds_key, ds = suite.dataset_of(key)
     tensors = load_tensors(data_dir / f"{ds_key}.pt")
@@ -62,7 +62,7 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
     else:
         ckpt = _stage_checkpoint(suite, key, out_dir)
         manifest["checkpoint_sha256"] = sha256_path(ckpt)
-        model = load_model(suite, key)  # from the staged file, as every later stage does
+        model = load_model(key, params, ds)  # from the staged file, as every later stage does
         manifest["id"] = params.id
         manifest["parameters_sha256"] = _state_sha256(model)
     ref = PrecisionModel(model, Precision.FP32)

@@ -3,24 +3,10 @@ several sections share (so a rule is checked the same way wherever it appears)."
 
 from __future__ import annotations
 
-from typing import Annotated
+from tmifpe.losses.tmifpe.tstar import Phase23Rule
+from tmifpe.params import Frozen
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+# T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar), parsed by pydantic
+TStarRule = Phase23Rule
 
-from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
-
-
-class Frozen(BaseModel):
-    """Immutable params section; unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _check_rule(value: str) -> str:
-    if value not in PHASE23_RULES:
-        raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
-    return value
-
-
-# T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar)
-TStarRule = Annotated[str, AfterValidator(_check_rule)]
+__all__ = ["Frozen", "TStarRule"]

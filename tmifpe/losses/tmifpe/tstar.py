@@ -22,10 +22,12 @@ import enum
 import functools
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from tmifpe.choices import check_choice
 from tmifpe.losses.scaling import guarded_gap
 
 
@@ -38,7 +40,8 @@ class Phase(enum.IntEnum):
     TARGETED_SUCCESSFUL = 4  # (iv) target is top-1
 
 
-PHASE23_RULES = ("mifpe", "coef", "cap")
+Phase23Rule = Literal["mifpe", "coef", "cap"]  # params files parse it with pydantic
+PHASE23_RULES: tuple[str, ...] = get_args(Phase23Rule)
 
 _W0_INV_E = 0.2784645427610738  # W0(1/e): lower bound on t* and on max h in phases (i)/(iv)
 _FINE_STEP = 0.1  # log-t grid step inside the proven bracket of t*
@@ -99,8 +102,7 @@ def optimal_t(
     dtype's smallest normal) or a non-finite logit get t* = 1.
     """
     _validate(logits, labels, targets)
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
     if dtype is not None or rule == "cap":  # the compute dtype only matters to "cap"
         tau = gap_thresholds(logits.dtype if dtype is None else dtype)[0]
     with torch.no_grad():
