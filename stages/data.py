@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from tmifpe.choices import check_choice
-from tmifpe.data.sources import build_dataset, save_tensors
+from tmifpe.data.build import build_dataset
+from tmifpe.data.sources import save_tensors
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.stage_support import run_stage
 

@@ -51,7 +51,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     md5s = _stage_cifar10(repo / "data/raw")
     suite = {
-        "name": "paper_offline", "device": "auto", "threads": 1, "data_dir": "data/raw",
+        "name": "paper_offline", "device": "cpu", "threads": 1, "data_dir": "data/raw",
         "datasets": {"cifar10": {"source": "cifar10", "n_examples": N,
                                  "eps": 8 / 255, "md5": md5s}},
         "model_zoo": {"c10_aa_resnet18": {"source": "pyautoattack_resnet18",

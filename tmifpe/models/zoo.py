@@ -28,6 +28,12 @@ def model_dir(key: str) -> Path:
     return TRAINED_DIR / key
 
 
+def model_files(key: str, out_dir: Path = TRAINED_DIR) -> list[Path]:
+    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
+    folder = out_dir / key
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
 def build_small_cnn(params: ModelParams, dataset_source: str) -> nn.Module:
     channels, size, _ = IMAGE_SHAPE[dataset_source]
     return SmallCNN(in_channels=channels, image_size=size, n_classes=N_CLASSES[dataset_source])

@@ -53,23 +53,9 @@ PHASE_MODES = ("auto", "unsuccessful", "successful")
 ENGINES = ("pgd", "apgd")
 NA = "-"  # rule / phase_mode / progress of variants they do not apply to
 
-# Library files whose content determines the ablation results (the stage's DVC deps). CE and
-# T-MIFPE with its real phases come from the registry; the forced phases are recomposed here.
-SOURCE_FILES = (
-    "tmifpe/pipeline/ablations.py",
-    "tmifpe/attacks/apgd.py",
-    "tmifpe/attacks/pgd.py",
-    "tmifpe/attacks/runs.py",
-    "tmifpe/attacks/projection.py",
-    "tmifpe/attacks/schedule.py",
-    "tmifpe/losses/__init__.py",
-    "tmifpe/losses/ce",
-    "tmifpe/losses/tmifpe",
-    "tmifpe/losses/scaling.py",
-    "tmifpe/precision.py",
-    "tmifpe/verify.py",
-    "tmifpe/models/zoo.py",
-)
+# The losses the variants run: the ablations stage depends on these loss packages only
+# (tmifpe.pipeline.code_deps.LOSS_SCOPES; :func:`variants` checks it).
+ABLATION_LOSSES = ("ce", "tmifpe")
 
 
 @dataclass(frozen=True, order=True)
@@ -104,6 +90,7 @@ def variants(rule: str = "coef") -> tuple[Variant, ...]:
     grid |= {Variant("pgd", "tmifpe", r, "auto") for r in PHASE23_RULES}
     grid |= {Variant(e, "ce") for e in ENGINES} | {Variant(e, "tmifpe", rule, "auto")
                                                    for e in ENGINES}
+    assert {v.loss for v in grid} <= set(ABLATION_LOSSES), "a variant outside ABLATION_LOSSES"
     return tuple(sorted(grid))
 
 
@@ -280,9 +267,9 @@ def _frame(rows: list[dict], suite: SuiteParams, eps: float) -> pl.DataFrame:
         robust_acc=pl.col("robust_count") / pl.col("n_points"),
         mean_forward=pl.col("forward") / pl.max_horizontal(pl.col("n_clean"), 1),
         mean_backward=pl.col("backward") / pl.max_horizontal(pl.col("n_clean"), 1),
-        eps=pl.lit(eps), seed=pl.lit(suite.attack.seed), suite=pl.lit(suite.name),
+        eps=pl.lit(eps), seed=pl.lit(suite.attack.seed),
     )
-    order = ["suite", "model", "variant", "engine", "loss", "rule", "phase_mode", "progress",
+    order = ["model", "variant", "engine", "loss", "rule", "phase_mode", "progress",
              "targeted", "precision", "budget", "n_targets", "eps", "seed", "n_points",
              "n_clean", "robust_acc", "robust_count", "n_attack_success", "n_false_success",
              "n_invalid", "mean_forward", "mean_backward", "zero_grad_steps", "nonfinite_steps"]

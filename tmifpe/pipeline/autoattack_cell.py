@@ -11,9 +11,9 @@ import polars as pl
 
 from tmifpe.attacks.autoattack_runner import AAConfig, autoattack_frame, run_autoattack
 from tmifpe.data.sources import load_eval_points
-from tmifpe.models.zoo import load_model
+from tmifpe.models.zoo import load_model, model_files
+from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.progress import Progress
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import resolve_device
@@ -21,10 +21,6 @@ from tmifpe.storage import sha256_path, write_json, write_parquet
 from tmifpe.verify import verify
 
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"
-# The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
-SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/attacks/autoattack_runner.py",
-                "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",
-                "tmifpe/models/zoo.py")
 
 
 def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
@@ -37,7 +33,8 @@ def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
     doc = {"model": [model_key, suite.model_zoo[model_key].model_dump(mode="json")],
            "dataset": ds.model_dump(mode="json"), "autoattack": suite.autoattack.model_dump(),
            "inputs": [sha256_path(p) for p in [data_path, *model_paths]],
-           "code": {f: sha256_path(root / f) for f in SOURCE_FILES if (root / f).exists()},
+           "code": code_hash("stages.autoattack", root=root),  # = the stage's dvc.yaml deps
+           "device": resolve_device(suite.device).type,  # never shared across device kinds
            "pyautoattack": version("pyautoattack")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LOSSES, LossName, get_loss
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.progress import Progress
 from tmifpe.precision import Precision, PrecisionModel
@@ -32,16 +33,6 @@ from tmifpe.runtime import resolve_device
 from tmifpe.storage import sha256_path, write_json, write_parquet
 from tmifpe.verify import verify
 
-ENGINE_FILES = (
-    "tmifpe/pipeline/cell.py",
-    "tmifpe/attacks/pgd.py",
-    "tmifpe/attacks/runs.py",
-    "tmifpe/attacks/projection.py",
-    "tmifpe/attacks/schedule.py",
-    "tmifpe/precision.py",
-    "tmifpe/verify.py",
-    "tmifpe/losses/__init__.py",
-)
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "checkpoints"
 
 
@@ -60,11 +51,6 @@ class CellSpec:
         return base / f"b{self.budget}.parquet", base / f"b{self.budget}.timing.json"
 
 
-def cell_source_files(loss: LossName) -> list[str]:
-    """Library files whose content determines the cell's results (also its DVC deps)."""
-    return sorted({*ENGINE_FILES, *LOSSES[loss].source_files})
-
-
 def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: list[Path]) -> str:
     """Hash of every input of the cell; the work directory of its checkpoints."""
     ds_key, ds = suite.dataset_of(spec.model)
@@ -74,7 +60,8 @@ def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: l
         "model": suite.model_zoo[spec.model].model_dump(mode="json"),
         "attack": suite.attack.model_dump(mode="json"),
         "precisions": {p.value: pp.model_dump(mode="json") for p, pp in suite.precisions.items()},
-        "files": {f: sha256_path(Path(f)) for f in cell_source_files(spec.loss)},
+        "code": code_hash("stages.attack", spec.loss.value),  # = the cell's dvc.yaml deps
+        "device": resolve_device(suite.device).type,  # never shared across device kinds
         "inputs": [sha256_path(p) for p in [data_path, *model_files] if p.exists()],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

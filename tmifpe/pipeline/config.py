@@ -11,6 +11,7 @@ line each, naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,12 @@ class SuiteParams(Frozen):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("cpu", "cuda", "auto") and not v.startswith("cuda:"):
-            raise ValueError("expected cpu, cuda, cuda:N or auto")
+        # `auto` would be tracked (DVC params, resume keys) as the same string on a CPU and a GPU
+        if v == "auto":
+            raise ValueError("'auto' differs per machine, so CPU and GPU results would share DVC's "
+                             "run-cache and checkpoint keys; expected cpu or cuda[:N]")
+        if v not in ("cpu", "cuda") and re.fullmatch(r"cuda:\d+", v) is None:
+            raise ValueError("expected cpu or cuda[:N]")
         return v
 
     # --- derived views used by the stages -------------------------------------------------

@@ -19,8 +19,6 @@ from tmifpe.runtime import resolve_device
 from tmifpe.storage import write_json, write_parquet
 
 TUNING, HELD_OUT = "tuning", "held_out"
-SOURCE_FILES = ("stages/fast.py", "tmifpe/pipeline/fast_cell.py", "tmifpe/pipeline/fast_config.py",
-                "tmifpe/attacks/fast.py")
 
 
 def preset_config(params: FastParams, eps: float) -> FastConfig:

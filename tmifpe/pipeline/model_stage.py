@@ -28,12 +28,6 @@ from tmifpe.runtime import resolve_device
 from tmifpe.storage import sha256_path, write_json
 
 
-def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
-    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
-    folder = out_dir / key
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-
-
 def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     check_choice(key, suite.model_zoo, "model")
     params = suite.model_zoo[key]
