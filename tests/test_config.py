@@ -26,6 +26,21 @@ def test_shipped_params_are_valid_for_both_suites() -> None:
     assert paper.dataset_of("c10_standard")[1].eps == pytest.approx(8 / 255)
 
 
+def test_device_is_a_kind_never_auto() -> None:
+    """`auto` would be one DVC param value and one resume key for CPU and GPU results."""
+    assert load_params(ROOT / "params.yaml").device == "cpu"
+    assert yaml.safe_load((ROOT / "conf/suite/paper.yaml").read_text())["device"] == "cuda"
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert parse_suite({**_default(), "device": device}).device == device
+    for device, why in (("auto", "'auto' differs per machine"), ("gpu", "got 'gpu'"),
+                        ("cuda:x", "got 'cuda:x'")):
+        with pytest.raises(ParamsError) as err:
+            parse_suite({**_default(), "device": device})
+        line, = str(err.value).splitlines()
+        assert line.startswith("params.yaml: suite.device:") and why in line, line
+        assert line.endswith("expected cpu or cuda[:N]"), line
+
+
 def test_all_problems_reported_at_once() -> None:
     raw = _default()
     raw["losses"] = ["ce", "focal", "ce"]

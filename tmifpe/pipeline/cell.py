@@ -23,7 +23,7 @@ from torch import Tensor
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
 from tmifpe.data.sources import load_eval_points
-from tmifpe.losses import LOSSES, LossName, get_loss
+from tmifpe.losses import LossName, get_loss
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
