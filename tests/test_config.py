@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.pipeline.config import ParamsError, load_params, parse_suite
+from tmifpe.pipeline.param_types import TStarRule
 from tmifpe.pipeline.suite_grid import PRECISION_ORDER, derive_grid
 from tmifpe.precision import Precision
 
@@ -39,6 +42,10 @@ def test_device_is_a_kind_never_auto() -> None:
         line, = str(err.value).splitlines()
         assert line.startswith("params.yaml: suite.device:") and why in line, line
         assert line.endswith("expected cpu or cuda[:N]"), line
+
+
+def test_tstar_rule_type_is_the_solvers_rules() -> None:
+    assert get_args(TStarRule) == PHASE23_RULES
 
 
 def test_all_problems_reported_at_once() -> None:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tmifpe.losses import LossName
-from tmifpe.pipeline.code_deps import PER_ITEM_LOSS, dvc_code_deps
+from tmifpe.pipeline.code_deps import PER_ITEM_LOSS, code_files, dvc_code_deps
 from tmifpe.pipeline.config import load_params, parse_suite
 from tmifpe.pipeline.suite_grid import derive_grid
 
@@ -204,11 +204,13 @@ def test_editing_the_dlr_package(repo: Path) -> None:
 def test_editing_the_tstar_solver(repo: Path) -> None:
     rel = "tmifpe/losses/tmifpe/tstar.py"
     with edited(repo, rel, (repo / rel).read_text() + "\n# edited\n"):
-        # the ablations compare t* rules, the fast preset is T-MIFPE: both run the solver too
+        # the ablations compare t* rules, the fast preset is T-MIFPE: both run the solver too;
+        # so may stages that import the solver (the report: the diagnostics' tables)
         models = ("digits_std", "digits_at", "digits_b")
+        importers = {s for s in ("aggregate", "report") if rel in code_files(f"stages.{s}")}
         assert changed(repo) == {*cells(loss="tmifpe"), *(f"diagnostics@{m}" for m in models),
                                  *(f"ablations@{m}" for m in models),
-                                 *(f"fast@{m}" for m in models)}
+                                 *(f"fast@{m}" for m in models), *importers}
 
 
 @slow

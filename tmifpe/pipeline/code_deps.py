@@ -7,12 +7,13 @@ functions (lazy imports are real dependencies); the ``__init__`` of every enclos
 too. Skipped: ``if TYPE_CHECKING:`` blocks (never run) and a module's PEP 562 ``__getattr__``
 (``tmifpe.evaluate`` resolved lazily: code that runs the API imports ``tmifpe.api``).
 
-Loss packages (``tmifpe/losses/<loss>/``) are the one exception to the closure: the loss
-registry imports them all, but a stage runs only its own losses, so that DVC re-runs only the
-cells of the loss whose folder changed. A stage's losses are its cell's loss (the attack stage,
-``--loss``), the subset it declares in :data:`LOSS_SCOPES` (enforced where it is used), or every
-loss. Everything else the loss packages import (``tmifpe/losses/scaling.py``) is in every
-stage's closure.
+The loss registry (``tmifpe/losses/__init__.py``) is the one exception: it imports every loss
+package, but a stage runs only the losses it fetches from it, so that DVC re-runs only the cells
+of the loss whose folder changed. The registry's imports of the loss packages are not followed;
+the stage's own losses are added instead: its cell's loss (the attack stage, ``--loss``), the
+subset it declares in :data:`LOSS_SCOPES` (checked where it is used), or every loss. A loss
+package imported directly (APGD imports T-MIFPE and MIFPE) is followed like any module. In
+dvc.yaml a loss package is its folder.
 
 :func:`code_files` is both the code deps of the stage in ``dvc.yaml`` (written by
 ``scripts/sync_dvc_deps.py``, checked by tests/test_code_deps.py) and what the resume keys of
@@ -31,14 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("tmifpe", "stages")
 LOSSES_PACKAGE = "tmifpe.losses"
 
-# Stages that run a fixed subset of the losses (validated where the subset is used: the fast
-# preset's phases by FAST_STAGE_LOSSES, the ablation variants by ABLATION_LOSSES).
+# The losses a stage fetches from the registry, where not every loss (diagnostics: all of the
+# suite's) nor its cell's (attack). The fast preset's phases are checked against
+# FAST_STAGE_LOSSES, the ablation variants against ABLATION_LOSSES (tests/test_code_deps.py).
 LOSS_SCOPES: dict[str, tuple[str, ...]] = {
     "stages.fast": ("tmifpe",),  # tmifpe.pipeline.fast_config.FAST_STAGE_LOSSES
     "stages.ablations": ("ce", "tmifpe"),  # tmifpe.pipeline.ablations.ABLATION_LOSSES
-    # the registry's names and labels only (tmifpe/losses/__init__.py), no loss is computed
-    "stages.aggregate": (),
-    "stages.report": (),
+    # no loss computed: data, training (its own CE), AutoAttack (pyautoattack's losses), and
+    # the registry's names and labels only
+    "stages.data": (), "stages.model": (), "stages.autoattack": (),
+    "stages.aggregate": (), "stages.report": (),
 }
 PER_ITEM_LOSS = "tmifpe/losses/${item.loss}"  # the attack cell's own loss package in dvc.yaml
 
@@ -106,25 +109,29 @@ def loss_packages(root: Path = ROOT) -> tuple[str, ...]:
 
 
 def _loss_of(module: str, losses: tuple[str, ...]) -> str | None:
+    """The loss package ``module`` belongs to, if any."""
     prefix = f"{LOSSES_PACKAGE}."
-    head = module.removeprefix(prefix).split(".")[0] if module.startswith(prefix) else None
-    return head if head in losses else None
+    head = module.removeprefix(prefix).split(".")[0]
+    return head if module.startswith(prefix) and head in losses else None
 
 
-def closure(entries: Iterable[str], root: Path = ROOT, *, cut_losses: bool = True) -> set[str]:
+def _registry_edge(module: str, imported: str, losses: tuple[str, ...]) -> bool:
+    """An import of a loss package by the loss registry (cut: see the module doc)."""
+    return module == LOSSES_PACKAGE and _loss_of(imported, losses) is not None
+
+
+def closure(entries: Iterable[str], root: Path = ROOT) -> set[str]:
     """Project modules ``entries`` import, transitively, themselves and enclosing packages
-    included; with ``cut_losses`` the loss packages are not entered (see the module doc)."""
+    included, except the loss registry's imports of the loss packages (see the module doc)."""
     losses = loss_packages(root)
     todo, seen = list(entries), set()
     while todo:
         module = todo.pop()
         if module in seen or module_path(module, root) is None:
             continue
-        if cut_losses and _loss_of(module, losses) is not None:
-            continue
         seen.add(module)
         todo += _parents(module)
-        todo += imported_modules(module, root)
+        todo += [m for m in imported_modules(module, root) if not _registry_edge(module, m, losses)]
     return seen
 
 
@@ -132,9 +139,13 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def loss_folder(loss: str) -> str:
+    return f"tmifpe/losses/{loss}"
+
+
 def stage_losses(stage_module: str, loss: str | None = None, root: Path = ROOT) -> tuple[str, ...]:
-    """The loss packages a stage's results depend on: ``loss`` (a cell's own), else the
-    stage's declared scope, else every loss."""
+    """The losses a stage fetches from the registry: ``loss`` (a cell's own), else the stage's
+    declared scope, else every loss."""
     losses = loss_packages(root)
     if loss is not None:
         if loss not in losses:
@@ -143,33 +154,35 @@ def stage_losses(stage_module: str, loss: str | None = None, root: Path = ROOT) 
     return LOSS_SCOPES.get(stage_module, losses)
 
 
-def _module_of(path: Path, root: Path) -> str:
-    parts = path.relative_to(root).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _split(modules: set[str], root: Path) -> tuple[set[str], set[str]]:
+    """(files outside the loss packages, folders of the loss packages among ``modules``)."""
+    losses = loss_packages(root)
+    files, folders = set(), set()
+    for module in modules:
+        if (loss := _loss_of(module, losses)) is not None:
+            folders.add(loss_folder(loss))
+        elif (path := module_path(module, root)) is not None:
+            files.add(_rel(path, root))
+    return files, folders
 
 
-def shared_files(stage_module: str, root: Path = ROOT) -> list[str]:
-    """The stage's code outside the loss packages, including what every loss package imports
-    (the same for each cell of the stage, whatever its loss)."""
-    modules = closure([stage_module], root)
-    for loss in loss_packages(root):  # the loss packages' own imports outside their folders
-        for path in (root / loss_folder(loss)).rglob("*.py"):
-            modules |= closure(imported_modules(_module_of(path, root), root), root)
-    files = {module_path(m, root) for m in modules}
-    return sorted(_rel(p, root) for p in files if p is not None)
-
-
-def loss_folder(loss: str) -> str:
-    return f"tmifpe/losses/{loss}"
+def _entries(stage_module: str, losses: Iterable[str]) -> list[str]:
+    return [stage_module, *(f"{LOSSES_PACKAGE}.{name}" for name in losses)]
 
 
 def code_files(stage_module: str, loss: str | None = None, root: Path = ROOT) -> list[str]:
     """Repo-relative files whose content determines the results of ``stage_module``'s stage
-    (of its cell with ``loss``): the stage's dvc.yaml code deps, folders expanded."""
-    files = set(shared_files(stage_module, root))
-    for name in stage_losses(stage_module, loss, root):
-        files |= {_rel(p, root) for p in (root / loss_folder(name)).rglob("*.py")
-                  if "__pycache__" not in p.parts}
+    (of its cell with ``loss``, a stage with one cell per loss): exactly the stage's dvc.yaml
+    code deps (:func:`dvc_code_deps`), loss folders expanded to their Python files."""
+    files = set()
+    for dep in dvc_code_deps(stage_module, per_item_loss=loss is not None, root=root):
+        if dep == PER_ITEM_LOSS:
+            dep = loss_folder(stage_losses(stage_module, loss, root)[0])
+        if dep.endswith(".py"):
+            files.add(dep)
+        else:
+            files |= {_rel(p, root) for p in (root / dep).rglob("*.py")
+                      if "__pycache__" not in p.parts}
     return sorted(files)
 
 
@@ -179,14 +192,20 @@ def code_hash(stage_module: str, loss: str | None = None, root: Path = ROOT) -> 
 
 
 def dvc_code_deps(stage_module: str, *, per_item_loss: bool, root: Path = ROOT) -> list[str]:
-    """The code deps of a stage in dvc.yaml: :func:`shared_files`, then its loss folders (the
-    templated ``tmifpe/losses/${item.loss}`` for a stage with one cell per loss)."""
-    if per_item_loss:
-        return [*shared_files(stage_module, root), PER_ITEM_LOSS]
-    losses = stage_losses(stage_module, None, root)
-    return [*shared_files(stage_module, root), *(loss_folder(name) for name in losses)]
-
-
+    """The code deps of a stage in dvc.yaml: files, then loss folders; a stage with one cell
+    per loss (``per_item_loss``) gets the templated ``tmifpe/losses/${item.loss}`` for its
+    cell's own loss and the union of what each loss needs besides."""
+    if not per_item_loss:
+        files, folders = _split(closure(_entries(stage_module, stage_losses(stage_module,
+                                                                            root=root)), root),
+                                root)
+        return [*sorted(files), *sorted(folders)]
+    files, folders = set(), set()
+    for name in loss_packages(root):
+        more, reached = _split(closure(_entries(stage_module, [name]), root), root)
+        files |= more
+        folders |= reached - {loss_folder(name)}
+    return [*sorted(files), *sorted(folders), PER_ITEM_LOSS]
 def is_code_dep(entry: str, root: Path = ROOT) -> bool:
     """True for a dvc.yaml dep that is project code (derived here), False for data deps."""
     if not entry.startswith(tuple(f"{p}/" for p in PROJECT_PACKAGES)):

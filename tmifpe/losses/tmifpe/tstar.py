@@ -22,7 +22,6 @@ import enum
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -40,8 +39,7 @@ class Phase(enum.IntEnum):
     TARGETED_SUCCESSFUL = 4  # (iv) target is top-1
 
 
-Phase23Rule = Literal["mifpe", "coef", "cap"]  # params files parse it with pydantic
-PHASE23_RULES: tuple[str, ...] = get_args(Phase23Rule)
+PHASE23_RULES = ("mifpe", "coef", "cap")
 
 _W0_INV_E = 0.2784645427610738  # W0(1/e): lower bound on t* and on max h in phases (i)/(iv)
 _FINE_STEP = 0.1  # log-t grid step inside the proven bracket of t*
