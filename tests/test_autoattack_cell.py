@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from suite_support import complete
+from support.suites import complete
 
 from tmifpe.pipeline.autoattack_cell import resume_key
 from tmifpe.pipeline.code_deps import code_files

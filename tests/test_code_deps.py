@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 import yaml
-from suite_support import complete
+from support.suites import complete
 
 from tmifpe.pipeline.ablations import ABLATION_LOSSES, variants
 from tmifpe.pipeline.code_deps import (

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+from support.repo import ROOT, commit_all, copy_project, dvc, init_repo, run
 
 from tmifpe.losses import LossName
 from tmifpe.pipeline.code_deps import PER_ITEM_LOSS, code_files, dvc_code_deps
 from tmifpe.pipeline.config import load_params, parse_suite
 from tmifpe.pipeline.suite_grid import derive_grid
 
-ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 
 
@@ -47,21 +43,12 @@ def test_no_loss_package_imports_another() -> None:
                         assert parts[2] in (pkg, "scaling"), f"{file} imports {name}"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
 def _run(repo: Path, *args: str) -> str:
-    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    return run(repo, *args).stdout
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    return _run(repo, sys.executable, "-m", "dvc", *args)
+    return dvc(repo, *args).stdout
 
 
 def changed(repo: Path) -> set[str]:
@@ -103,17 +90,7 @@ def write_suite(repo: Path, suite: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("deps")
-    for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    _run(repo, "git", "init", "-q")
-    _run(repo, "git", "config", "user.email", "ci@example.invalid")
-    _run(repo, "git", "config", "user.name", "ci")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "config", "hydra.enabled", "true")
+    repo = init_repo(copy_project(tmp_path_factory.mktemp("deps")), hydra=True)
     suite = _two_dataset_suite()
     # the default suite of this copy is the two-dataset suite; `small` is a second suite
     (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -123,8 +100,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     load_params(repo / "params.yaml")  # valid
     _touch_outputs(repo, doc)
     _dvc(repo, "commit", "-f", "-q")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-q", "-m", "baseline")
+    commit_all(repo, "baseline")
     assert changed(repo) == set()
     return repo
 
