@@ -65,6 +65,8 @@ def test_closure_follows_every_import_form(tmp_path: Path) -> None:
     assert closure(["stages.entry"], tmp_path) == {
         "stages", "stages.entry", "tmifpe", "tmifpe.pkg", "tmifpe.pkg.sub", "tmifpe.pkg.sibling",
         "tmifpe.rel", "tmifpe.lazy"}
+    with pytest.raises(ValueError, match=r"stage module 'stages\.nope' not found"):
+        code_files("stages.nope", root=tmp_path)  # never an empty list of deps
 
 
 def test_loss_packages_are_cut_and_added_per_stage(tmp_path: Path) -> None:

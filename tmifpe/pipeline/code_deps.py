@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("tmifpe", "stages")
 LOSSES_PACKAGE = "tmifpe.losses"
 
-# The losses a stage fetches from the registry, where not every loss (diagnostics: all of the
-# suite's) nor its cell's (attack). The fast preset's phases are checked against
+# The losses a stage fetches from the registry (a stage not listed: every loss, e.g. the
+# diagnostics; the attack stage: its cell's). The fast preset's phases are checked against
 # FAST_STAGE_LOSSES, the ablation variants against ABLATION_LOSSES (tests/test_code_deps.py).
 LOSS_SCOPES: dict[str, tuple[str, ...]] = {
     "stages.fast": ("tmifpe",),  # tmifpe.pipeline.fast_config.FAST_STAGE_LOSSES
@@ -195,6 +195,9 @@ def dvc_code_deps(stage_module: str, *, per_item_loss: bool, root: Path = ROOT) 
     """The code deps of a stage in dvc.yaml: files, then loss folders; a stage with one cell
     per loss (``per_item_loss``) gets the templated ``tmifpe/losses/${item.loss}`` for its
     cell's own loss and the union of what each loss needs besides."""
+    if module_path(stage_module, root) is None:
+        raise ValueError(f"stage module {stage_module!r} not found under {root} (expected "
+                         "stages.<name> of a source checkout)")
     if not per_item_loss:
         files, folders = _split(closure(_entries(stage_module, stage_losses(stage_module,
                                                                             root=root)), root),
