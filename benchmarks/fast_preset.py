@@ -111,7 +111,7 @@ def measure(suite, models: list[str]) -> list[dict]:
         x, y = tensors["x_test"][: ds.n_examples], tensors["y_test"][: ds.n_examples]
         tune = tuning_mask(y.shape[0], fp.split_seed, fp.tuning_fraction)
         aa = pl.read_parquet(ROOT / "results/autoattack" / f"{model_key}.parquet")
-        net = load_model(suite, model_key)
+        net = load_model(model_key, *suite.model_and_dataset(model_key))
         for name, (phases, guard) in candidates().items():
             cfg = FastConfig(eps=ds.eps, phases=phases, guard_queries=guard,
                              tstar_rule=fp.tstar_rule, batch_size=fp.batch_size,

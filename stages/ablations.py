@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tmifpe.choices import check_choice
 from tmifpe.pipeline.ablations import run_ablations
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.stage_support import run_stage
@@ -16,9 +17,7 @@ OUT_DIR = Path("results/ablations")
 
 def main(model: str = typer.Option(..., help="model key of the active suite")) -> None:
     def body(suite: SuiteParams) -> None:
-        if model not in suite.models:
-            raise ValueError(f"unknown model {model!r}; expected one of: "
-                             f"{', '.join(suite.models)}")
+        check_choice(model, suite.models, "model")
         ds_key, _ = suite.dataset_of(model)
         out = OUT_DIR / f"{model}.parquet"
         frame = run_ablations(suite, model, data_path=Path("data/eval") / f"{ds_key}.pt",

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from tmifpe.losses import parse_loss
+from tmifpe.models.zoo import model_files
 from tmifpe.pipeline.cell import CellSpec, run_attack_cell
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.stage_support import run_stage
 
 

@@ -10,7 +10,7 @@ import math
 import polars as pl
 import pytest
 import torch
-from suite_support import write_params
+from support.suites import write_params
 
 from tmifpe.attacks.pgd import PGDConfig, attack_targets, run_pgd
 from tmifpe.data.sources import save_tensors

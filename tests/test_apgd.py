@@ -16,7 +16,7 @@ from math import ceil
 
 import pytest
 import torch
-from parity_support import robust_vs_apgd_ce
+from support.parity import robust_vs_apgd_ce
 from torch import Tensor, nn
 
 from tmifpe.attacks.apgd import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from suite_support import complete
+from support.suites import complete
 
 from tmifpe.data.sources import save_tensors
 from tmifpe.evaluation.schema import CELL_SCHEMA

@@ -265,7 +265,7 @@ def test_report_without_aggregate_results_is_a_one_line_error(tmp_path, monkeypa
 def test_report_renders_html_tables_and_pdf_figures(tmp_path, monkeypatch):
     """`tmifpe report` on aggregate results: the stage's files plus one PDF per figure, and the
     same bytes when run again."""
-    from synthetic_results import demo_results
+    from support.synthetic_results import demo_results
 
     from tmifpe.aggregate import aggregate, write_aggregates
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
+from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
 from tmifpe.pipeline.config import ParamsError, load_params, parse_suite
+from tmifpe.pipeline.param_types import TStarRule
 from tmifpe.pipeline.suite_grid import PRECISION_ORDER, derive_grid
 from tmifpe.precision import Precision
 
@@ -24,6 +27,25 @@ def test_shipped_params_are_valid_for_both_suites() -> None:
     paper = parse_suite(yaml.safe_load((ROOT / "conf/suite/paper.yaml").read_text()))
     assert paper.name == "paper"
     assert paper.dataset_of("c10_standard")[1].eps == pytest.approx(8 / 255)
+
+
+def test_device_is_a_kind_never_auto() -> None:
+    """`auto` would be one DVC param value and one resume key for CPU and GPU results."""
+    assert load_params(ROOT / "params.yaml").device == "cpu"
+    assert yaml.safe_load((ROOT / "conf/suite/paper.yaml").read_text())["device"] == "cuda"
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert parse_suite({**_default(), "device": device}).device == device
+    for device, why in (("auto", "'auto' differs per machine"), ("gpu", "got 'gpu'"),
+                        ("cuda:x", "got 'cuda:x'")):
+        with pytest.raises(ParamsError) as err:
+            parse_suite({**_default(), "device": device})
+        line, = str(err.value).splitlines()
+        assert line.startswith("params.yaml: suite.device:") and why in line, line
+        assert line.endswith("expected cpu or cuda[:N]"), line
+
+
+def test_tstar_rule_type_is_the_solvers_rules() -> None:
+    assert get_args(TStarRule) == PHASE23_RULES
 
 
 def test_all_problems_reported_at_once() -> None:

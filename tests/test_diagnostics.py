@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from suite_support import complete
+from support.suites import complete
 from torch import nn
 
 from tmifpe.attacks.pgd import PGDConfig, run_pgd

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from suite_support import complete, write_params
+from support.suites import complete, write_params
 
 from tmifpe.dispatch.graph import FINAL_STAGES, KINDS, Kind, build_tasks, read_suite
 from tmifpe.pipeline.config import parse_suite

@@ -12,28 +12,20 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+from support.repo import ROOT, commit_all, copy_project, dvc, init_repo, run
 
-from tmifpe.losses import LOSSES, LossName
-from tmifpe.pipeline.cell import cell_source_files
+from tmifpe.losses import LossName
+from tmifpe.pipeline.code_deps import PER_ITEM_LOSS, code_files, dvc_code_deps
 from tmifpe.pipeline.config import load_params, parse_suite
 from tmifpe.pipeline.suite_grid import derive_grid
 
-ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
-# Files an attack cell runs besides the engine and its loss (cell_source_files): the stage entry
-# point, the model loader, and the runtime settings (threads, kernels, hash seed).
-ATTACK_STAGE_FILES = {"stages/attack.py", "tmifpe/models/zoo.py", "tmifpe/runtime.py",
-                      "tmifpe/pipeline/stage_support.py"}
 
 
 def test_no_loss_package_imports_another() -> None:
@@ -49,25 +41,14 @@ def test_no_loss_package_imports_another() -> None:
                     parts = name.split(".")
                     if parts[:2] == ["tmifpe", "losses"] and len(parts) > 2:
                         assert parts[2] in (pkg, "scaling"), f"{file} imports {name}"
-    for loss in LossName:
-        assert f"tmifpe/losses/{loss.value}" in LOSSES[loss].source_files
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
 
 
 def _run(repo: Path, *args: str) -> str:
-    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    return run(repo, *args).stdout
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    return _run(repo, sys.executable, "-m", "dvc", *args)
+    return dvc(repo, *args).stdout
 
 
 def changed(repo: Path) -> set[str]:
@@ -109,17 +90,7 @@ def write_suite(repo: Path, suite: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("deps")
-    for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    _run(repo, "git", "init", "-q")
-    _run(repo, "git", "config", "user.email", "ci@example.invalid")
-    _run(repo, "git", "config", "user.name", "ci")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "config", "hydra.enabled", "true")
+    repo = init_repo(copy_project(tmp_path_factory.mktemp("deps")), hydra=True)
     suite = _two_dataset_suite()
     # the default suite of this copy is the two-dataset suite; `small` is a second suite
     (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -129,8 +100,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     load_params(repo / "params.yaml")  # valid
     _touch_outputs(repo, doc)
     _dvc(repo, "commit", "-f", "-q")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-q", "-m", "baseline")
+    commit_all(repo, "baseline")
     assert changed(repo) == set()
     return repo
 
@@ -167,11 +137,12 @@ def test_attack_cell_deps_are_exactly_its_files_and_params(repo: Path) -> None:
     for key, c in grid["cells"].items():
         entry = lock[f"attack@{key}"]
         deps = {d["path"] for d in entry["deps"]}
-        expected = {*cell_source_files(LossName(c["loss"])), *ATTACK_STAGE_FILES,
-                    f"models/{c['model']}", f"data/eval/{c['dataset']}.pt"}
+        code = [d.replace(PER_ITEM_LOSS, f"tmifpe/losses/{c['loss']}")
+                for d in dvc_code_deps("stages.attack", per_item_loss=True)]
+        expected = {*code, f"models/{c['model']}", f"data/eval/{c['dataset']}.pt"}
         assert deps == expected, key
-        assert set(entry["params"]["params.yaml"]) == {
-            "suite.name", f"suite.model_zoo.{c['model']}", f"suite.datasets.{c['dataset']}",
+        assert set(entry["params"]["params.yaml"]) == {  # no suite.name: rows do not carry it
+            f"suite.model_zoo.{c['model']}", f"suite.datasets.{c['dataset']}",
             f"grid.precisions.b{c['budget']}", "suite.attack", "suite.device", "suite.threads",
             "suite.hash_seed"}, key
 
@@ -209,11 +180,13 @@ def test_editing_the_dlr_package(repo: Path) -> None:
 def test_editing_the_tstar_solver(repo: Path) -> None:
     rel = "tmifpe/losses/tmifpe/tstar.py"
     with edited(repo, rel, (repo / rel).read_text() + "\n# edited\n"):
-        # the ablations compare t* rules, the fast preset is T-MIFPE: both run the solver too
+        # the ablations compare t* rules, the fast preset is T-MIFPE: both run the solver too;
+        # so may stages that import the solver (the report: the diagnostics' tables)
         models = ("digits_std", "digits_at", "digits_b")
+        importers = {s for s in ("aggregate", "report") if rel in code_files(f"stages.{s}")}
         assert changed(repo) == {*cells(loss="tmifpe"), *(f"diagnostics@{m}" for m in models),
                                  *(f"ablations@{m}" for m in models),
-                                 *(f"fast@{m}" for m in models)}
+                                 *(f"fast@{m}" for m in models), *importers}
 
 
 @slow
@@ -277,11 +250,9 @@ def test_switching_suites_with_set_param(repo: Path) -> None:
     with edited(repo, "params.yaml", yaml.safe_dump(doc, sort_keys=False)):
         assert load_params(repo / "params.yaml").name == "small"
         status = changed(repo)
-    # the stages of the small suite with the same settings are up to date; only the stages
-    # that read the suite's name or grid lists re-run
-    assert status == {*cells(model="digits_std", budget=10), *cells(model="digits_std",
-                      budget=20), "autoattack@digits_std", "diagnostics@digits_std",
-                      "ablations@digits_std", "fast@digits_std", "aggregate", "report"}
+    # the stages of the small suite with the same settings are up to date (no cell reads the
+    # suite's name); only the stages that read the suite's name or grid lists re-run
+    assert status == {"aggregate", "report"}
     # the paper suite cannot run offline; its composition is checked, not run
     paper = _queued_params(repo, "paper", "suite=paper")
     assert parse_suite(paper["suite"]).name == "paper" and len(paper["grid"]["cells"]) == 175

@@ -9,7 +9,7 @@ from typing import ClassVar
 import polars as pl
 import pytest
 import torch
-from synthetic_results import (
+from support.synthetic_results import (
     aa_frame,
     cell_frame,
     write_autoattack,

@@ -7,15 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from suite_support import write_params
-from test_pipeline import ROOT, _dvc, _ran, _run
+from support.repo import copy_project, init_repo
+from support.repo import dvc as _dvc
+from support.repo import ran as _ran
+from support.suites import write_params
 
 from tmifpe.models.autoattack_resnet import load_pyautoattack_resnet18
 
@@ -43,15 +44,10 @@ def _stage_cifar10(data_dir: Path) -> dict[str, str]:
 
 
 def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("tmifpe", "stages"):
-        shutil.copytree(ROOT / name, repo / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    repo = copy_project(tmp_path / "repo", ("tmifpe", "stages"), ("dvc.yaml",))
     md5s = _stage_cifar10(repo / "data/raw")
     suite = {
-        "name": "paper_offline", "device": "auto", "threads": 1, "data_dir": "data/raw",
+        "name": "paper_offline", "device": "cpu", "threads": 1, "data_dir": "data/raw",
         "datasets": {"cifar10": {"source": "cifar10", "n_examples": N,
                                  "eps": 8 / 255, "md5": md5s}},
         "model_zoo": {"c10_aa_resnet18": {"source": "pyautoattack_resnet18",
@@ -63,9 +59,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
         "ablations": {"budgets": [2]},
     }
     write_params(repo / "params.yaml", suite)
-    _run(repo, "git", "init", "-q")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
+    init_repo(repo)
     proc = _dvc(repo, "repro")
     assert {"data@cifar10", "model@c10_aa_resnet18", "autoattack@c10_aa_resnet18",
             "attack@c10_aa_resnet18-tmifpe-3", "diagnostics@c10_aa_resnet18",

@@ -8,7 +8,7 @@ APGD-CE 43.3%; PGD-AT CNN eps 0.1: 68.7% vs 68.7%, eps 0.2: 14.7% vs 14.7% (robu
 from __future__ import annotations
 
 import pytest
-from parity_support import robust_vs_apgd_ce
+from support.parity import robust_vs_apgd_ce
 from torch import Tensor, nn
 
 from tmifpe.attacks.pgd import PGDConfig, run_pgd

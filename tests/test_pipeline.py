@@ -8,9 +8,6 @@ the new cells, a removed loss leaves no stale rows in the aggregate, bad params 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +16,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from suite_support import write_params
+from support.repo import commit_all, copy_project, init_repo
+from support.repo import dvc as _dvc
+from support.repo import env as _env
+from support.repo import ran as _ran
+from support.repo import run as _run
+from support.suites import write_params
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 TINY = {
@@ -55,48 +56,14 @@ def _write_params(repo: Path, suite: dict) -> None:
     write_params(repo / "params.yaml", suite)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONHASHSEED"] = "0"
-    return env
-
-
-def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _run(repo, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
-    """Stage names DVC actually executed in a `dvc repro` (not the skipped ones)."""
-    return set(re.findall(r"Running stage '([^']+)'", proc.stdout))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in ("tmifpe", "stages", "conf", "hydra_plugins"):
-        shutil.copytree(ROOT / name, repo / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("pipeline"))
     # the default suite of this copy is TINY, so that `dvc exp run` composes it
     (repo / "conf/suite/default.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     _write_params(repo, TINY)
-    _run(repo, "git", "init", "-q")
-    _run(repo, "git", "config", "user.email", "ci@example.invalid")
-    _run(repo, "git", "config", "user.name", "ci")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "config", "hydra.enabled", "true")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-q", "-m", "sources")
+    init_repo(repo, hydra=True)
+    commit_all(repo, "sources")
     return repo
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from synthetic_results import demo_results
+from support.synthetic_results import demo_results
 
 from tmifpe.aggregate import aggregate, write_aggregates
 from tmifpe.report import html_report

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from synthetic_results import (
+from support.synthetic_results import (
     aa_frame,
     cell_frame,
     demo_results,

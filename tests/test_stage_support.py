@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from suite_support import write_params
+from support.suites import write_params
 
 from tmifpe.pipeline import stage_support
 

@@ -13,6 +13,8 @@ import enum
 import torch
 from torch import Tensor, nn
 
+from tmifpe.choices import parse_enum
+
 
 class Precision(str, enum.Enum):
     """Attack arithmetic precision (dtype of model and loss computation)."""
@@ -37,11 +39,7 @@ _DTYPES = {
 
 def parse_precision(name: str) -> Precision:
     """``"fp16"`` -> ``Precision.FP16``; one-line ValueError naming the bad value otherwise."""
-    try:
-        return Precision(name)
-    except ValueError:
-        allowed = ", ".join(p.value for p in Precision)
-        raise ValueError(f"unknown precision {name!r}; expected one of: {allowed}") from None
+    return parse_enum(Precision, name, "precision")
 
 
 class PrecisionModel(nn.Module):

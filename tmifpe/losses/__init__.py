@@ -1,8 +1,8 @@
 """Loss registry: every loss is ``(logits, labels, *, targets=None) -> (N,)``, maximised.
 
 One package per loss (``tmifpe/losses/<loss>/``; T-MIFPE's holds its t* solver) so that DVC
-re-runs only the cells of the loss whose folder changed; the ``source_files`` of each entry are
-exactly what its attack cells depend on.
+re-runs only the cells of the loss whose folder changed (the attack cell of a loss depends on its
+own package only: tmifpe/pipeline/code_deps.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import partial
 
 from torch import Tensor
 
+from tmifpe.choices import parse_enum
 from tmifpe.losses.ce import ce_loss
 from tmifpe.losses.cw import cw_loss
 from tmifpe.losses.dlr import dlr_loss
@@ -36,32 +37,19 @@ class LossSpec:
     name: LossName
     fn: LossFn
     label: str  # display name for reports
-    source_files: tuple[str, ...]  # its package folder + shared scaling (DVC deps)
 
 
-_SCALING = "tmifpe/losses/scaling.py"
 LOSSES: dict[LossName, LossSpec] = {
-    LossName.CE: LossSpec(LossName.CE, ce_loss, "CE", ("tmifpe/losses/ce", _SCALING)),
-    LossName.CW: LossSpec(LossName.CW, cw_loss, "C&W", ("tmifpe/losses/cw", _SCALING)),
-    LossName.DLR: LossSpec(LossName.DLR, dlr_loss, "DLR", ("tmifpe/losses/dlr", _SCALING)),
-    LossName.MIFPE: LossSpec(
-        LossName.MIFPE, mifpe_loss, "MIFPE", ("tmifpe/losses/mifpe", _SCALING)
-    ),
-    LossName.TMIFPE: LossSpec(
-        LossName.TMIFPE,
-        tmifpe_loss,
-        "T-MIFPE",
-        ("tmifpe/losses/tmifpe", _SCALING),
-    ),
+    LossName.CE: LossSpec(LossName.CE, ce_loss, "CE"),
+    LossName.CW: LossSpec(LossName.CW, cw_loss, "C&W"),
+    LossName.DLR: LossSpec(LossName.DLR, dlr_loss, "DLR"),
+    LossName.MIFPE: LossSpec(LossName.MIFPE, mifpe_loss, "MIFPE"),
+    LossName.TMIFPE: LossSpec(LossName.TMIFPE, tmifpe_loss, "T-MIFPE"),
 }
 
 
 def parse_loss(name: str) -> LossName:
-    try:
-        return LossName(name)
-    except ValueError:
-        allowed = ", ".join(n.value for n in LossName)
-        raise ValueError(f"unknown loss {name!r}; expected one of: {allowed}") from None
+    return parse_enum(LossName, name, "loss")
 
 
 def get_loss(name: str | LossName, *, tstar_rule: str = "coef") -> LossFn:

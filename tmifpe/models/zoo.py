@@ -14,7 +14,7 @@ from torch import nn
 
 from tmifpe.data.sources import IMAGE_SHAPE, N_CLASSES
 from tmifpe.models.small_cnn import SmallCNN
-from tmifpe.pipeline.config import ModelParams, SuiteParams
+from tmifpe.params import DatasetParams, ModelParams
 
 TRAINED_DIR = Path("models")
 
@@ -28,15 +28,20 @@ def model_dir(key: str) -> Path:
     return TRAINED_DIR / key
 
 
+def model_files(key: str, out_dir: Path = TRAINED_DIR) -> list[Path]:
+    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
+    folder = out_dir / key
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
 def build_small_cnn(params: ModelParams, dataset_source: str) -> nn.Module:
     channels, size, _ = IMAGE_SHAPE[dataset_source]
     return SmallCNN(in_channels=channels, image_size=size, n_classes=N_CLASSES[dataset_source])
 
 
-def load_model(suite: SuiteParams, key: str) -> nn.Module:
-    """The model of grid key ``key`` in eval mode, float32, inputs in [0,1]."""
-    params = suite.model_zoo[key]
-    _, ds = suite.dataset_of(key)
+def load_model(key: str, params: ModelParams, ds: DatasetParams) -> nn.Module:
+    """The model of grid key ``key`` (its zoo entry ``params``, trained on or evaluated with
+    ``ds``) in eval mode, float32, inputs in [0,1]."""
     if params.source == "trained":
         path = trained_checkpoint(key)
         if not path.exists():

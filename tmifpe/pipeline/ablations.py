@@ -33,6 +33,7 @@ from torch import Tensor
 from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.pgd import PGDConfig, PGDResult, attack_targets, run_pgd
 from tmifpe.attacks.runs import batch_seed
+from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LossFn, get_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
@@ -52,23 +53,9 @@ PHASE_MODES = ("auto", "unsuccessful", "successful")
 ENGINES = ("pgd", "apgd")
 NA = "-"  # rule / phase_mode / progress of variants they do not apply to
 
-# Library files whose content determines the ablation results (the stage's DVC deps). CE and
-# T-MIFPE with its real phases come from the registry; the forced phases are recomposed here.
-SOURCE_FILES = (
-    "tmifpe/pipeline/ablations.py",
-    "tmifpe/attacks/apgd.py",
-    "tmifpe/attacks/pgd.py",
-    "tmifpe/attacks/runs.py",
-    "tmifpe/attacks/projection.py",
-    "tmifpe/attacks/schedule.py",
-    "tmifpe/losses/__init__.py",
-    "tmifpe/losses/ce",
-    "tmifpe/losses/tmifpe",
-    "tmifpe/losses/scaling.py",
-    "tmifpe/precision.py",
-    "tmifpe/verify.py",
-    "tmifpe/models/zoo.py",
-)
+# The losses the variants run: the ablations stage depends on these loss packages only
+# (tmifpe.pipeline.code_deps.LOSS_SCOPES; :func:`variants` checks it).
+ABLATION_LOSSES = ("ce", "tmifpe")
 
 
 @dataclass(frozen=True, order=True)
@@ -98,12 +85,12 @@ class Variant:
 def variants(rule: str = "coef") -> tuple[Variant, ...]:
     """The grid: (a) phase modes at ``rule``, (b) every rule with auto phases, (c) CE and
     T-MIFPE (``rule``, auto) in PGD and APGD; sorted, without duplicates."""
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
     grid = {Variant("pgd", "tmifpe", rule, m) for m in PHASE_MODES}
     grid |= {Variant("pgd", "tmifpe", r, "auto") for r in PHASE23_RULES}
     grid |= {Variant(e, "ce") for e in ENGINES} | {Variant(e, "tmifpe", rule, "auto")
                                                    for e in ENGINES}
+    assert {v.loss for v in grid} <= set(ABLATION_LOSSES), "a variant outside ABLATION_LOSSES"
     return tuple(sorted(grid))
 
 
@@ -126,8 +113,7 @@ def forced_tstar(
     t = 1, "coef" argmax (t/Δ)·p_π2, "cap" t = τ(dtype). Rows already in the forced phase get
     exactly ``optimal_t``'s value.
     """
-    if mode not in PHASE_MODES:
-        raise ValueError(f"unknown phase mode {mode!r}; expected one of {PHASE_MODES}")
+    check_choice(mode, PHASE_MODES, "phase mode")
     check_labels(logits, labels, targets)
     if mode == "auto":
         return optimal_t(logits, labels, targets=targets, rule=rule, dtype=dtype)
@@ -144,10 +130,8 @@ def forced_phase_loss(mode: str, rule: str = "coef") -> LossFn:
     """T-MIFPE [paper] CE((t/Δ)·z, y) (targeted −CE(·, y_t)) with t = :func:`forced_tstar`,
     t and Δ detached, computed like ``tmifpe.losses.tmifpe.tmifpe_loss``; ``mode`` "auto"
     reproduces that loss."""
-    if mode not in PHASE_MODES:
-        raise ValueError(f"unknown phase mode {mode!r}; expected one of {PHASE_MODES}")
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(mode, PHASE_MODES, "phase mode")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
 
     def loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
         t = forced_tstar(logits, labels, targets=targets, mode=mode, rule=rule,
@@ -211,7 +195,7 @@ def run_ablations(
     x_all, y_all = load_eval_points(data_path, ds.n_examples)
     device = resolve_device(suite.device)
     x_all, y_all = x_all.to(device), y_all.to(device)
-    net = load_model(suite, model_key).to(device)
+    net = load_model(model_key, *suite.model_and_dataset(model_key)).to(device)
     ref32, ref64 = PrecisionModel(net, Precision.FP32), PrecisionModel(net, Precision.FP64)
     rows, timings = [], []
     for prec in precisions:
@@ -283,9 +267,9 @@ def _frame(rows: list[dict], suite: SuiteParams, eps: float) -> pl.DataFrame:
         robust_acc=pl.col("robust_count") / pl.col("n_points"),
         mean_forward=pl.col("forward") / pl.max_horizontal(pl.col("n_clean"), 1),
         mean_backward=pl.col("backward") / pl.max_horizontal(pl.col("n_clean"), 1),
-        eps=pl.lit(eps), seed=pl.lit(suite.attack.seed), suite=pl.lit(suite.name),
+        eps=pl.lit(eps), seed=pl.lit(suite.attack.seed),
     )
-    order = ["suite", "model", "variant", "engine", "loss", "rule", "phase_mode", "progress",
+    order = ["model", "variant", "engine", "loss", "rule", "phase_mode", "progress",
              "targeted", "precision", "budget", "n_targets", "eps", "seed", "n_points",
              "n_clean", "robust_acc", "robust_count", "n_attack_success", "n_false_success",
              "n_invalid", "mean_forward", "mean_backward", "zero_grad_steps", "nonfinite_steps"]

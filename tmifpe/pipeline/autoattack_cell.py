@@ -14,19 +14,14 @@ import polars as pl
 from tmifpe.attacks.autoattack import AAConfig
 from tmifpe.data.sources import load_eval_points
 from tmifpe.evaluation.autoattack import run_autoattack_eval
-from tmifpe.models.zoo import load_model
+from tmifpe.models.zoo import load_model, model_files
+from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
-from tmifpe.pipeline.model_stage import model_files
 from tmifpe.pipeline.progress import Progress
 from tmifpe.runtime import resolve_device
 from tmifpe.storage import sha256_json, sha256_path, write_json, write_parquet
 
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattack"
-# The code AutoAttack's results are computed by (the autoattack stage's deps in dvc.yaml).
-SOURCE_FILES = ("tmifpe/pipeline/autoattack_cell.py", "tmifpe/evaluation/autoattack.py",
-                "tmifpe/evaluation/schema.py", "tmifpe/attacks/autoattack",
-                "tmifpe/attacks/projection.py", "tmifpe/precision.py", "tmifpe/verify.py",
-                "tmifpe/runtime.py", "tmifpe/storage.py", "tmifpe/models/zoo.py")
 
 
 def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
@@ -39,7 +34,8 @@ def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
     doc = {"model": [model_key, suite.model_zoo[model_key].model_dump(mode="json")],
            "dataset": ds.model_dump(mode="json"), "autoattack": suite.autoattack.model_dump(),
            "inputs": [sha256_path(p) for p in [data_path, *model_paths]],
-           "code": {f: sha256_path(root / f) for f in SOURCE_FILES if (root / f).exists()},
+           "code": code_hash("stages.autoattack", root=root),  # = the stage's dvc.yaml deps
+           "device": resolve_device(suite.device).type,  # never shared across device kinds
            "pyautoattack": version("pyautoattack")}
     return sha256_json(doc)[:16]
 
@@ -52,7 +48,7 @@ def run_autoattack_cell(
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_path, ds.n_examples)
-    model = load_model(suite, model_key).to(device)
+    model = load_model(model_key, *suite.model_and_dataset(model_key)).to(device)
     aa = suite.autoattack
     cfg = AAConfig(eps=ds.eps, seed=aa.seed, batch_size=aa.batch_size, device=str(device))
     key = resume_key(suite, model_key, data_path, model_files(model_key))

@@ -20,24 +20,15 @@ import torch
 
 from tmifpe.data.sources import load_eval_points
 from tmifpe.evaluation.attack import AttackSettings, VerdictModels, run_unit, unit_frame
-from tmifpe.losses import LOSSES, LossName
+from tmifpe.losses import LossName
 from tmifpe.models.zoo import load_model
+from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.progress import Progress
 from tmifpe.precision import Precision
 from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.storage import save_torch, sha256_path, write_json, write_parquet
 
-ENGINE_FILES = (
-    "tmifpe/pipeline/cell.py",
-    "tmifpe/attacks/pgd.py",
-    "tmifpe/attacks/runs.py",
-    "tmifpe/attacks/projection.py",
-    "tmifpe/attacks/schedule.py",
-    "tmifpe/precision.py",
-    "tmifpe/verify.py",
-    "tmifpe/losses/__init__.py",
-)
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "checkpoints"
 
 
@@ -56,11 +47,6 @@ class CellSpec:
         return base / f"b{self.budget}.parquet", base / f"b{self.budget}.timing.json"
 
 
-def cell_source_files(loss: LossName) -> list[str]:
-    """Library files whose content determines the cell's results (also its DVC deps)."""
-    return sorted({*ENGINE_FILES, *LOSSES[loss].source_files})
-
-
 def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: list[Path]) -> str:
     """Hash of every input of the cell; the work directory of its checkpoints."""
     ds_key, ds = suite.dataset_of(spec.model)
@@ -70,7 +56,8 @@ def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: l
         "model": suite.model_zoo[spec.model].model_dump(mode="json"),
         "attack": suite.attack.model_dump(mode="json"),
         "precisions": {p.value: pp.model_dump(mode="json") for p, pp in suite.precisions.items()},
-        "files": {f: sha256_path(Path(f)) for f in cell_source_files(spec.loss)},
+        "code": code_hash("stages.attack", spec.loss.value),  # = the cell's dvc.yaml deps
+        "device": resolve_device(suite.device).type,  # never shared across device kinds
         "inputs": [sha256_path(p) for p in [data_path, *model_files] if p.exists()],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
@@ -100,7 +87,8 @@ def run_attack_cell(
     parts, timings = [], []
     with numerics(suite.threads):
         env = environment(device)
-        models = VerdictModels(load_model(suite, spec.model), device)
+        net = load_model(spec.model, *suite.model_and_dataset(spec.model))
+        models = VerdictModels(net, device)
         for prec, n_targets, start, stop in units:
             targeted = n_targets > 0
             path = work / f"{prec.value}-{'t' if targeted else 'u'}-{start}.pt"

@@ -11,69 +11,20 @@ line each, naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator
 
 from tmifpe.attacks.schedule import Schedule
 from tmifpe.losses import LossName
+from tmifpe.params import DatasetParams, Frozen, GridKey, ModelParams
 from tmifpe.pipeline.fast_config import FastParams
-from tmifpe.pipeline.param_types import Frozen, TStarRule
+from tmifpe.pipeline.param_types import TStarRule
 from tmifpe.pipeline.suite_grid import derive_grid, precision_plan
 from tmifpe.precision import Precision
-
-GridKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]  # `-` would break DVC matrix names
-
-
-class DatasetParams(Frozen):
-    source: Literal["digits", "mnist", "cifar10", "cifar100"]
-    n_examples: int = Field(gt=0, le=10000)
-    eps: float = Field(gt=0.0, le=1.0)
-    test_size: float | None = Field(default=None, gt=0.0, lt=1.0)  # digits only (required)
-    split_seed: int | None = None  # digits only (required)
-    # file name -> MD5 to require instead of the published one (a re-packed or staged copy)
-    md5: dict[str, str] | None = None
-
-    @model_validator(mode="after")
-    def _digits_split(self) -> DatasetParams:
-        if self.source == "digits" and (self.test_size is None or self.split_seed is None):
-            raise ValueError("a digits dataset needs `test_size` and `split_seed` (its split)")
-        return self
-
-
-class ModelParams(Frozen):
-    source: Literal["trained", "robustbench", "pyautoattack_resnet18"]
-    dataset: GridKey
-    id: str | None = None  # RobustBench model ID
-    # training recipe: required for `trained` models, unused (null) otherwise
-    arch: Literal["small_cnn"] | None = None
-    epochs: int | None = Field(default=None, ge=1)
-    lr: float | None = Field(default=None, gt=0.0)
-    batch_size: int | None = Field(default=None, ge=1)
-    adv_eps: float | None = Field(default=None, ge=0.0, le=1.0)
-    adv_steps: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> ModelParams:
-        if self.source == "robustbench" and not self.id:
-            raise ValueError("a robustbench model needs `id` (its RobustBench model name)")
-        if self.source == "trained":
-            missing = [k for k in TRAINING_KEYS if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"a trained model needs {', '.join(missing)} "
-                                 f"(expected all of {', '.join(TRAINING_KEYS)})")
-        return self
-
-
-TRAINING_KEYS = ("arch", "epochs", "lr", "batch_size", "adv_eps", "adv_steps", "seed")
 
 
 class PrecisionParams(Frozen):
@@ -132,14 +83,22 @@ class SuiteParams(Frozen):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("cpu", "cuda", "auto") and not v.startswith("cuda:"):
-            raise ValueError("expected cpu, cuda, cuda:N or auto")
+        # `auto` would be tracked (DVC params, resume keys) as the same string on a CPU and a GPU
+        if v == "auto":
+            raise ValueError("'auto' differs per machine, so CPU and GPU results would share DVC's "
+                             "run-cache and checkpoint keys; expected cpu or cuda[:N]")
+        if v not in ("cpu", "cuda") and re.fullmatch(r"cuda:\d+", v) is None:
+            raise ValueError("expected cpu or cuda[:N]")
         return v
 
     # --- derived views used by the stages -------------------------------------------------
     def dataset_of(self, model: str) -> tuple[str, DatasetParams]:
         key = self.model_zoo[model].dataset
         return key, self.datasets[key]
+
+    def model_and_dataset(self, model: str) -> tuple[ModelParams, DatasetParams]:
+        """What :func:`tmifpe.models.zoo.load_model` takes for grid key ``model``."""
+        return self.model_zoo[model], self.dataset_of(model)[1]
 
     def precisions_for_budget(self, budget: int) -> list[Precision]:
         """Precisions run at ``budget`` (caps applied), in canonical order (= grid.precisions)."""

@@ -47,6 +47,6 @@ def run_diagnostics_cell(suite: SuiteParams, model_key: str, *,
                          f"expected one of: {', '.join(suite.models)}")
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_dir / f"{ds_key}.pt", ds.n_examples)
-    return run_diagnostics(load_model(suite, model_key), x, y, plan_from_suite(suite, model_key),
-                           dataset=ds_key, model_name=model_key, root=root,
-                           threads=suite.threads)
+    model = load_model(model_key, *suite.model_and_dataset(model_key))
+    return run_diagnostics(model, x, y, plan_from_suite(suite, model_key), dataset=ds_key,
+                           model_name=model_key, root=root, threads=suite.threads)

@@ -9,15 +9,25 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from tmifpe.attacks.fast import FastConfig, Kind, Phase
 from tmifpe.data.sources import load_eval_points
 from tmifpe.evaluation.fast import HELD_OUT, TUNING, run_fast_eval
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.config import SuiteParams
+from tmifpe.pipeline.fast_config import FastParams
 from tmifpe.storage import write_json, write_parquet
 
-__all__ = ["HELD_OUT", "TUNING", "run_fast_cell", "split_labels", "tuning_mask"]
-SOURCE_FILES = ("stages/fast.py", "tmifpe/pipeline/fast_cell.py", "tmifpe/pipeline/fast_config.py",
-                "tmifpe/attacks/fast.py")
+__all__ = ["HELD_OUT", "TUNING", "preset_config", "run_fast_cell", "split_labels",
+           "tuning_mask"]
+
+
+def preset_config(params: FastParams, eps: float) -> FastConfig:
+    """The preset the suite's ``fast:`` section describes, at ``eps``."""
+    phases = tuple(Phase(Kind(p.kind), p.steps, p.loss.value, p.n_targets, p.restarts)
+                   for p in params.phases)
+    return FastConfig(eps=eps, phases=phases, guard_queries=params.guard_queries,
+                      guard_p_init=params.guard_p_init, tstar_rule=params.tstar_rule,
+                      batch_size=params.batch_size, seed=params.seed)
 
 
 def tuning_mask(n: int, seed: int, fraction: float) -> Tensor:
@@ -44,9 +54,10 @@ def run_fast_cell(suite: SuiteParams, model_key: str, *, data_path: Path, out: P
     ds_key, ds = suite.dataset_of(model_key)
     x, y = load_eval_points(data_path, ds.n_examples)
     fp = suite.fast
-    config = fp.config(ds.eps)
+    config = preset_config(fp, ds.eps)
     split = split_labels(y.shape[0], fp.split_seed, fp.tuning_fraction)
-    run = run_fast_eval(load_model(suite, model_key), x, y, config, dataset=ds_key,
+    model = load_model(model_key, *suite.model_and_dataset(model_key))
+    run = run_fast_eval(model, x, y, config, dataset=ds_key,
                         model_name=model_key, split=split, device=suite.device,
                         threads=suite.threads)
     write_parquet(run.frame, out, metadata={"environment": run.environment})

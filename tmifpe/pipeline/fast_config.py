@@ -1,4 +1,8 @@
-"""The ``fast:`` section of a suite in params.yaml: the fast preset and its tuning split."""
+"""The ``fast:`` section of a suite in params.yaml: the fast preset and its tuning split.
+
+Types only (no attack code): loading params must not import the attacks; the stage turns these
+into a :class:`tmifpe.attacks.fast.FastConfig` (:func:`tmifpe.pipeline.fast_cell.preset_config`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tmifpe.attacks.fast import FastConfig, Kind, Phase
 from tmifpe.losses import LossName
 from tmifpe.pipeline.param_types import Frozen, TStarRule
 
@@ -33,9 +36,6 @@ class FastPhaseParams(Frozen):
                              f"packages {allowed} (dvc.yaml); add its package there first")
         return self
 
-    def phase(self) -> Phase:
-        return Phase(Kind(self.kind), self.steps, self.loss.value, self.n_targets, self.restarts)
-
 
 class FastParams(Frozen):
     """The preset's phases and guard, and the deterministic tuning/held-out split of the points:
@@ -51,8 +51,3 @@ class FastParams(Frozen):
     tstar_rule: TStarRule
     batch_size: int = Field(ge=1)
     seed: int
-
-    def config(self, eps: float) -> FastConfig:
-        return FastConfig(eps=eps, phases=tuple(p.phase() for p in self.phases),
-                          guard_queries=self.guard_queries, guard_p_init=self.guard_p_init,
-                          tstar_rule=self.tstar_rule, batch_size=self.batch_size, seed=self.seed)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import tmifpe
+from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
 from tmifpe.pipeline.config import SuiteParams
@@ -27,15 +28,8 @@ from tmifpe.runtime import resolve_device
 from tmifpe.storage import sha256_path, write_json
 
 
-def model_files(key: str, out_dir: Path = Path("models")) -> list[Path]:
-    """Files of the model stage's output ``models/<key>/`` (manifest and checkpoint), sorted."""
-    folder = out_dir / key
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-
-
 def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    if key not in suite.model_zoo:
-        raise ValueError(f"unknown model {key!r}; expected one of: {', '.join(suite.model_zoo)}")
+    check_choice(key, suite.model_zoo, "model")
     params = suite.model_zoo[key]
     ds_key, ds = suite.dataset_of(key)
     tensors = load_tensors(data_dir / f"{ds_key}.pt")
@@ -62,7 +56,7 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
     else:
         ckpt = _stage_checkpoint(suite, key, out_dir)
         manifest["checkpoint_sha256"] = sha256_path(ckpt)
-        model = load_model(suite, key)  # from the staged file, as every later stage does
+        model = load_model(key, params, ds)  # from the staged file, as every later stage does
         manifest["id"] = params.id
         manifest["parameters_sha256"] = _state_sha256(model)
     ref = PrecisionModel(model, Precision.FP32)

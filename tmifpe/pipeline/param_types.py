@@ -3,24 +3,13 @@ several sections share (so a rule is checked the same way wherever it appears)."
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from tmifpe.params import Frozen
 
-from tmifpe.losses.tmifpe.tstar import PHASE23_RULES
+# T-MIFPE's phase (ii)/(iii) rule, parsed by pydantic: tmifpe.losses.tmifpe.tstar.PHASE23_RULES
+# (tests/test_config.py checks they agree; not imported, so that loading params does not make
+# every stage depend on the T-MIFPE package)
+TStarRule = Literal["mifpe", "coef", "cap"]
 
-
-class Frozen(BaseModel):
-    """Immutable params section; unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _check_rule(value: str) -> str:
-    if value not in PHASE23_RULES:
-        raise ValueError(f"expected one of {', '.join(PHASE23_RULES)}")
-    return value
-
-
-# T-MIFPE's phase (ii)/(iii) rule (tmifpe.losses.tmifpe.tstar)
-TStarRule = Annotated[str, AfterValidator(_check_rule)]
+__all__ = ["Frozen", "TStarRule"]

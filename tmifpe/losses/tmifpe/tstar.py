@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from tmifpe.choices import check_choice
 from tmifpe.losses.scaling import guarded_gap
 
 
@@ -99,8 +100,7 @@ def optimal_t(
     dtype's smallest normal) or a non-finite logit get t* = 1.
     """
     _validate(logits, labels, targets)
-    if rule not in PHASE23_RULES:
-        raise ValueError(f"unknown phase (ii)/(iii) rule {rule!r}; expected one of {PHASE23_RULES}")
+    check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
     if dtype is not None or rule == "cap":  # the compute dtype only matters to "cap"
         tau = gap_thresholds(logits.dtype if dtype is None else dtype)[0]
     with torch.no_grad():
