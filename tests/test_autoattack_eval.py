@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from suite_support import complete
+from support.suites import complete
 from torch import Tensor, nn
 
 import tmifpe.pipeline.autoattack_cell as cell
@@ -113,7 +113,7 @@ def test_nan_logits_are_never_broken_via_cell(tmp_path: Path, monkeypatch):
     data = tmp_path / "digits.pt"
     save_tensors({"x_test": x, "y_test": y}, data)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cell, "load_model", lambda suite, key: model)
+    monkeypatch.setattr(cell, "load_model", lambda key, params, ds: model)
     out = tmp_path / "results" / "nan_above.parquet"
     frame = cell.run_autoattack_cell(suite, "nan_above", data_path=data, out=out,
                                      timing_out=out.with_suffix(".timing.json"),

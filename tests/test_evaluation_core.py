@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 from PIL import Image
-from suite_support import complete
+from support.suites import complete
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
@@ -125,7 +125,7 @@ def _run_cell(tmp_path: Path, monkeypatch, model: nn.Module, x: Tensor, y: Tenso
     monkeypatch.chdir(tmp_path)
     if not (tmp_path / "tmifpe").exists():
         (tmp_path / "tmifpe").symlink_to(ROOT / "tmifpe")  # the cell key hashes its sources
-    monkeypatch.setattr(cell_module, "load_model", lambda suite, key: model)
+    monkeypatch.setattr(cell_module, "load_model", lambda key, params, ds: model)
     data = tmp_path / "eval.pt"
     save_tensors({"x_test": x, "y_test": y}, data)
     spec = CellSpec("m", LossName.TMIFPE, 4)
@@ -140,7 +140,7 @@ def _run_fast_cell(tmp_path: Path, monkeypatch, model: nn.Module, x: Tensor, y: 
                    fast: dict) -> tuple[pl.DataFrame, Path]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fast_cell_module, "load_model", lambda suite, key: model)
+    monkeypatch.setattr(fast_cell_module, "load_model", lambda key, params, ds: model)
     data = tmp_path / "eval.pt"
     save_tensors({"x_test": x, "y_test": y}, data)
     out = tmp_path / "results" / "fast" / "m.parquet"

@@ -15,6 +15,7 @@ from tmifpe.attacks.autoattack import AAConfig
 from tmifpe.data.sources import load_eval_points
 from tmifpe.evaluation.autoattack import run_autoattack_eval
 from tmifpe.models.zoo import load_model, model_files
+from tmifpe.pipeline.code_deps import ROOT as CODE_ROOT
 from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.progress import Progress
@@ -25,9 +26,10 @@ WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "autoattac
 
 
 def resume_key(suite: SuiteParams, model_key: str, data_path: Path,
-               model_paths: list[Path], root: Path = Path(".")) -> str:
+               model_paths: list[Path], root: Path = CODE_ROOT) -> str:
     """Hash of every input of the AutoAttack run: settings, model files (so a retrained or
-    replaced checkpoint never resumes an old state), data file, code and library version."""
+    replaced checkpoint never resumes an old state), data file, code (under ``root``, the source
+    checkout of this package by default) and library version."""
     from importlib.metadata import version
 
     _, ds = suite.dataset_of(model_key)
