@@ -10,7 +10,6 @@ three runs on an otherwise idle 2-core machine; phase (i) = h maximisation, phas
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -396,15 +395,3 @@ def test_batch_equals_rows():
 def test_empty_batch():
     t = optimal_t(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert t.shape == (0,) and t.dtype == torch.float64
-
-
-def test_speed_small_batch():
-    z = torch.randn(500, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = z.argmax(1)
-    optimal_t(z, y)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        optimal_t(z, y)
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[2] < 0.05  # measured 2-3 ms; wide slack for loaded machines
