@@ -53,9 +53,8 @@ def _check(ok: bool, msg: str) -> None:
         raise UserError(msg)
 
 
-def _suite(repo: Path, sets: list[str] | None, suite_name: str | None) -> Any:
+def _suite(repo: Path, overrides: list[str]) -> Any:
     """Compose params.yaml when -S/--suite are given (as `dvc exp run -S`), then read it."""
-    overrides = overrides_of(sets or [], suite_name)
     if overrides:
         path = write_params(repo, overrides)
         typer.echo(f"params.yaml composed with {' '.join(overrides)} (as dvc exp run -S)")
@@ -99,7 +98,7 @@ def _validate(*, workers: int | None, gpus: int | None, scheduler: str | None, g
 
 def run(
     workers: Annotated[int | None, typer.Option(
-        help="local CPU worker processes [default: 2]")] = None,
+        help="local CPU worker processes (default: 2)")] = None,
     gpus: Annotated[int | None, typer.Option(
         help="local GPUs: one worker per GPU, pinned")] = None,
     scheduler: Annotated[str | None, typer.Option(
@@ -108,25 +107,25 @@ def run(
         help="with --scheduler: the workers have GPU=1 resources")] = False,
     slurm: Annotated[bool, typer.Option(help="start workers as SLURM jobs")] = False,
     partition: Annotated[str | None, typer.Option(
-        help="SLURM partition [default: jobqueue.yaml's queue]")] = None,
+        help="SLURM partition (default: jobqueue.yaml's queue)")] = None,
     gpus_per_job: Annotated[int | None, typer.Option(
-        help="SLURM GPUs (= workers) per job [default: 1]")] = None,
+        help="SLURM GPUs (= workers) per job (default: 1)")] = None,
     jobs: Annotated[int | None, typer.Option(
-        help="SLURM jobs at most at a time (adaptive) [default: 1]")] = None,
+        help="SLURM jobs at most at a time (adaptive) (default: 1)")] = None,
     min_jobs: Annotated[int | None, typer.Option(
-        help="SLURM jobs kept even when idle [default: 0]")] = None,
+        help="SLURM jobs kept even when idle (default: 0)")] = None,
     walltime: Annotated[str | None, typer.Option(
-        help="SLURM time limit per job [default: jobqueue.yaml's]")] = None,
+        help="SLURM time limit per job (default: jobqueue.yaml's)")] = None,
     memory: Annotated[str | None, typer.Option(
-        help="SLURM memory per job [default: jobqueue.yaml's]")] = None,
+        help="SLURM memory per job (default: jobqueue.yaml's)")] = None,
     account: Annotated[str | None, typer.Option(
-        help="SLURM account [default: jobqueue.yaml's]")] = None,
+        help="SLURM account (default: jobqueue.yaml's)")] = None,
     interface: Annotated[str | None, typer.Option(
         help="SLURM: network interface of workers and scheduler, e.g. ib0 "
-             "[default: jobqueue.yaml's]")] = None,
+             "(default: jobqueue.yaml's)")] = None,
     lifetime: Annotated[str | None, typer.Option(
         help="worker lifetime, e.g. '50 minutes': retired gracefully and replaced "
-             "[default with --slurm: below the walltime; else none]")] = None,
+             "(default with --slurm: below the walltime; else none)")] = None,
     no_worker_timeout: Annotated[float, typer.Option(
         help="minutes without any worker before the run gives up (exit 1)")] = 30.0,
     remote: Annotated[str | None, typer.Option(
@@ -157,6 +156,7 @@ def run(
                   slurm_given=[k for k, v in given.items() if v is not None], lifetime=lifetime,
                   retries=retries, no_worker_timeout=no_worker_timeout, jobs=jobs,
                   min_jobs=min_jobs, gpus_per_job=gpus_per_job)
+        overrides = overrides_of(set_param or [], suite)
         repo = Path.cwd()
         work = (work_dir or repo / DEFAULT_WORK).resolve()
         with locked(work):
@@ -169,16 +169,14 @@ def run(
                      interface=interface, lifetime=lifetime),
                  lifetime=lifetime, no_worker_timeout=no_worker_timeout * 60, remote=remote,
                  repo_url=repo_url, retries=retries, prefetch=prefetch, finish=finish,
-                 keep_workspaces=keep_workspaces, dashboard=dashboard, sets=set_param,
-                 suite_name=suite)
+                 keep_workspaces=keep_workspaces, dashboard=dashboard, overrides=overrides)
 
 
 def _run(repo: Path, work: Path, *, workers: int, gpus: int, scheduler: str | None, gpu: bool,
          slurm: bool, slurm_opts: SlurmOptions, lifetime: str | None, no_worker_timeout: float,
          remote: str | None, repo_url: str | None, retries: int, prefetch: bool, finish: bool,
-         keep_workspaces: bool, dashboard: str, sets: list[str] | None,
-         suite_name: str | None) -> None:
-    suite = _suite(repo, sets, suite_name)
+         keep_workspaces: bool, dashboard: str, overrides: list[str]) -> None:
+    suite = _suite(repo, overrides)
     tasks = build_tasks(suite)
     spec = RunSpec(
         repo=repo_url or str(repo), commit=snapshot(repo, clean=repo_url is not None),
@@ -244,10 +242,11 @@ def prefetch(
     """Run the suite's data and model stages here (downloads of datasets and RobustBench
     checkpoints), into the DVC cache and run-cache, so workers without internet restore them."""
     with handled():
+        overrides = overrides_of(set_param or [], suite)
         repo = Path.cwd()
         work = (work_dir or repo / DEFAULT_WORK).resolve()
         with locked(work):
-            s = _suite(repo, set_param, suite)
+            s = _suite(repo, overrides)
             spec = RunSpec(repo=str(repo), commit="", work_dir=str(work), threads=s.threads)
             _prefetch(repo, spec, build_tasks(s))
 

@@ -140,8 +140,8 @@ def slurm_cluster(opts: SlurmOptions, threads: int, dashboard: str = ":8787") ->
 
     try:
         return SLURMCluster(**slurm_kwargs(opts, threads, dashboard))
-    except ValueError as err:  # e.g. no memory given nor configured
-        raise UserError(f"SLURM cluster: {err}") from None
+    except (ValueError, RuntimeError) as err:  # no memory set, an unknown --interface, ...
+        raise UserError(f"SLURM cluster: {' '.join(str(err).split())}") from None
 
 
 def start_slurm(cluster: Any, opts: SlurmOptions) -> None:
