@@ -31,6 +31,11 @@ class UserError(ValueError):
     expected."""
 
 
+EXTRA_OF = {"dask": "cluster", "distributed": "cluster", "dask_jobqueue": "cluster",
+            "bokeh": "cluster", "dvc": "pipeline", "hydra": "pipeline", "omegaconf": "pipeline",
+            "matplotlib": "pipeline", "jinja2": "pipeline"}  # module -> extra of pyproject.toml
+
+
 class Failure(RuntimeError):
     """A runtime failure whose message says all (a stage failed, no worker came): exit 1, no
     exception type in the message."""
@@ -95,6 +100,14 @@ def handled(batch_option: str | None = None) -> Iterator[None]:
         if debug():
             traceback.print_exc()
         raise runtime_error(str(err)) from None
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF.get((err.name or "").split(".")[0])
+        if debug() or extra is None:
+            traceback.print_exc()
+        if extra is None:
+            raise runtime_error(f"{type(err).__name__}: {one_line(err)}") from None
+        raise runtime_error(f"this command needs the [{extra}] extra ({one_line(err)}): "
+                            f"pip install 'tmifpe[{extra}]'") from None
     except Exception as err:
         if debug():
             traceback.print_exc()
