@@ -71,23 +71,43 @@ def local_cluster(workers: int, gpus: int, threads: int, dashboard: str = ":8787
                   lifetime: str | None = None) -> Any:
     """``gpus`` > 0: one worker per GPU, pinned; else ``workers`` CPU workers.
 
-    ``lifetime`` (e.g. ``"10 minutes"``): each worker retires gracefully after it and its Nanny
-    starts a fresh one (what a SLURM job replaced by ``adapt`` does, on one machine)."""
+    ``lifetime`` (e.g. ``"10 minutes"``, CPU workers only): each worker retires gracefully after
+    it and ``adapt`` starts a fresh one in its place (what SLURM jobs replaced by ``adapt`` do,
+    on one machine)."""
     from distributed import Nanny, Scheduler, SpecCluster
 
-    life = {"lifetime": lifetime, "lifetime_restart": True} if lifetime else {}
     specs: dict[str, dict[str, Any]] = {}
     if gpus > 0:
         for i in range(gpus):
             specs[f"gpu{i}"] = {"cls": Nanny, "options": {
                 "nthreads": 1, "resources": {"GPU": 1}, "name": f"gpu{i}",
-                "env": {"CUDA_VISIBLE_DEVICES": str(i)}, **life}}
+                "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
     else:
         for i in range(workers):
             specs[f"cpu{i}"] = {"cls": Nanny, "options": {
-                "nthreads": 1, "name": f"cpu{i}", "env": {"CUDA_VISIBLE_DEVICES": ""}, **life}}
+                "nthreads": 1, "name": f"cpu{i}", "env": {"CUDA_VISIBLE_DEVICES": ""}}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}
-    return SpecCluster(workers=specs, scheduler=scheduler, name="tmifpe")
+    if not lifetime:
+        return SpecCluster(workers=specs, scheduler=scheduler, name="tmifpe")
+    if gpus > 0:
+        raise UserError("--lifetime with --gpus: a replacement worker cannot be pinned to the GPU "
+                        "its predecessor freed; use --lifetime with CPU workers or on SLURM")
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    # stagger: a quarter of the lifetime, so workers do not all retire at once (the results
+    # held by a retiring worker move to another one instead of being lost)
+    stagger = f"{parse_timedelta(lifetime) / 4:g}s"
+    options = {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": ""}, "lifetime": lifetime,
+               "lifetime_stagger": stagger}
+    # a retired worker is replaced once the cluster has given it up for lost (default 15 s)
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"})
+    for spec in specs.values():
+        spec["options"].update(options)
+    cluster = SpecCluster(workers=specs, scheduler=scheduler, name="tmifpe",
+                          worker={"cls": Nanny, "options": options})
+    cluster.adapt(minimum=workers, maximum=workers, interval="1s", wait_count=1)
+    return cluster
 
 
 def slurm_kwargs(opts: SlurmOptions, threads: int, dashboard: str = ":8787") -> dict[str, Any]:
