@@ -115,8 +115,11 @@ def _pythons() -> list[Path]:
 CHECK = """
 import compileall, sys
 from pathlib import Path
-import tmifpe, tmifpe.errors, tmifpe.dispatch.cli, tmifpe.dispatch.clusters
-import dvc, dask_jobqueue, distributed, hydra, polars, pyarrow, numpy, scipy, sklearn
+# torch is not installed here (PyPI's Linux wheels are the CUDA ones, GBs): the modules that do
+# not need it are imported, every module is compiled for this Python
+import tmifpe, tmifpe.errors, tmifpe.dispatch.clusters, tmifpe.dispatch.runlock
+import dvc, dask_jobqueue, distributed, hydra, polars, pyarrow, numpy, scipy, sklearn, typer
+import pydantic, yaml, rich, matplotlib, jinja2
 from tmifpe.dispatch.params import compose
 root = Path(sys.argv[1])
 assert compileall.compile_dir(str(root / "tmifpe"), quiet=1, force=True, legacy=True)
