@@ -29,11 +29,14 @@ def overrides_of(sets: list[str], suite: str | None) -> list[str]:
 
 
 def _hydra_config(repo: Path) -> dict[str, object]:
-    """The ``hydra`` section of the repository's DVC config, read by DVC itself."""
-    from dvc.repo import Repo
+    """The ``hydra`` section of the repository's DVC config (system, global, repo, local levels),
+    read and validated by DVC's own config class (no repository object, nothing written)."""
+    from dvc.config import Config, ConfigError
 
-    with Repo(str(repo)) as dvc_repo:
-        return dict(dvc_repo.config.get("hydra", {}))
+    try:
+        return dict(Config(dvc_dir=str(repo / ".dvc")).get("hydra", {}))
+    except ConfigError as err:
+        raise UserError(f"{repo}/.dvc/config: {' '.join(str(err).split())}") from None
 
 
 def compose(repo: Path, overrides: list[str]) -> str:
