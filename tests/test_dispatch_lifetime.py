@@ -3,7 +3,7 @@ suite given by name: real processes, real DVC, the tiny grid of tests/test_dispa
 
 ``tmifpe prefetch --suite tiny`` runs the data and model stages here (what needs the internet for
 the real suites: torchvision datasets, RobustBench checkpoints); ``tmifpe run --suite tiny
---lifetime 40s`` then dispatches to two local workers that each retire gracefully after 30-50 s
+--lifetime 90s`` then dispatches to two local workers that each retire gracefully after 68-113 s
 and are replaced by ``adapt`` (the local analogue of ``adapt`` submitting a new SLURM job). The
 run must complete with per-example files byte-identical to a sequential ``dvc repro``; the workers
 must restore data and model from the cache (never download), and at least one cell attempt must
@@ -65,14 +65,16 @@ def test_workers_retired_mid_cell_by_lifetime_and_a_named_suite_match_sequential
     prefetched = Counter(r["stage"] for r in runs if r["event"] == "done")
     assert prefetched == Counter(["data@digits", "model@digits_std"])
     proc = _run(repo, *DISPATCH, "run", "--suite", "tiny", "--workers", "2",
-                "--lifetime", "40s", "--dashboard", ":0")
+                "--lifetime", "90s", "--dashboard", ":0")
     assert "8 tasks" in proc.stdout, proc.stdout
     runs = read_runs(work / "runs.jsonl")
     worker_runs = [r for r in runs if r.get("worker")]
     # data and model: restored from the cache on the workers, never computed there
     assert not [r for r in worker_runs if r["stage"] in ("data@digits", "model@digits_std")]
-    done = Counter(r["stage"] for r in worker_runs if r["event"] == "done")
-    assert done == Counter(TASKS - {"data@digits", "model@digits_std"})
+    # every cell finished on a worker (a stage cut after its computation but before DVC recorded
+    # it may run again: same bytes, see below)
+    done = {r["stage"] for r in worker_runs if r["event"] == "done"}
+    assert done == TASKS - {"data@digits", "model@digits_std"}
     # some attempt was cut by a retirement (started, never done) and its stage done later
     finished = {r["attempt"] for r in worker_runs if r["event"] == "done"}
     cut = [r for r in worker_runs if r["event"] == "start" and r["attempt"] not in finished]

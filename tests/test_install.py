@@ -134,7 +134,8 @@ def test_lock_installs_and_package_imports_on_oldest_and_newest_python(tmp_path:
     if len(pythons) < 2:
         pytest.skip(f"fewer than two Pythons 3.10-3.13 on this machine: {pythons}")
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    assert uv, "uv (tmifpe[dev]) is needed"
+    if uv is None:
+        pytest.skip("uv is not installed (it is in tmifpe[dev], installed by make)")
     for python in (pythons[0], pythons[-1]):
         venv = tmp_path / python.parent.parent.name
         subprocess.run([uv, "venv", "-q", "-p", str(python), str(venv)], check=True)
