@@ -1,20 +1,26 @@
-"""Workers that retire at their lifetime mid-cell (what SLURM jobs do before their walltime) and a
-suite given by name: real processes, real DVC, the tiny grid of tests/test_dispatch.py.
+"""Workers retired gracefully mid-cell (what a worker ``--lifetime`` below a SLURM walltime does)
+and a suite given by name: real processes, real DVC, the tiny grid of tests/test_dispatch.py.
 
 ``tmifpe prefetch --suite tiny`` runs the data and model stages here (what needs the internet for
-the real suites: torchvision datasets, RobustBench checkpoints); ``tmifpe run --suite tiny
---lifetime 90s`` then dispatches to two local workers that each retire gracefully after 68-113 s
-and are replaced by ``adapt`` (the local analogue of ``adapt`` submitting a new SLURM job). The
-run must complete with per-example files byte-identical to a sequential ``dvc repro``; the workers
-must restore data and model from the cache (never download), and at least one cell attempt must
-have been cut by a retirement and finished by a later attempt (an attack cell cut after saving
-units resumes from them: ``(resumed)`` in its log; printed, as when the cut falls is up to the
-machine's load).
+the real suites: torchvision datasets, RobustBench checkpoints). ``tmifpe run --suite tiny
+--workers 2 --lifetime 10min`` then dispatches to two local workers kept by ``adapt`` (the local
+analogue of SLURM jobs replaced by ``adapt``). Once the T-MIFPE cell has saved two units, the
+test retires the worker running it through the scheduler (``Client.retire_workers``: the call a
+worker reaching its ``--lifetime`` makes for itself, ``Worker.close_gracefully``), at a moment it
+chooses rather than one a timer picks. The run must complete with per-example files
+byte-identical to a sequential ``dvc repro``; the cut attempt's stage process must be gone, the
+next attempt (in another worker process) must resume the saved units, and the workers must
+restore data and model from the cache (never download).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,10 +30,12 @@ from suite_support import complete
 from test_dispatch import (
     DISPATCH,
     GRID,
+    KILLED,
     ROOT,
     TASKS,
     _counts,
     _dvc,
+    _env,
     _make_repo,
     _per_example_files,
     _run,
@@ -51,9 +59,19 @@ def _hydra_repo(path: Path) -> Path:
     return repo
 
 
+def _retire(address: str, worker_name: str) -> list[str]:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        target = [a for a, w in workers.items() if str(w["name"]) == worker_name]
+        client.retire_workers(workers=target)
+        return target
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("dispatch")
-def test_workers_retired_mid_cell_by_lifetime_and_a_named_suite_match_sequential(
+def test_worker_retired_mid_cell_and_a_named_suite_match_sequential(
     tmp_path: Path, sequential: dict[str, bytes],  # noqa: F811
 ) -> None:
     repo = _hydra_repo(tmp_path / "repo")
@@ -62,30 +80,51 @@ def test_workers_retired_mid_cell_by_lifetime_and_a_named_suite_match_sequential
     assert "params.yaml composed with suite=tiny" in pre.stdout
     runs = read_runs(work / "runs.jsonl")
     assert not [r for r in runs if r.get("worker")]  # computed here, not by workers
-    prefetched = Counter(r["stage"] for r in runs if r["event"] == "done")
-    assert prefetched == Counter(["data@digits", "model@digits_std"])
-    proc = _run(repo, *DISPATCH, "run", "--suite", "tiny", "--workers", "2",
-                "--lifetime", "90s", "--dashboard", ":0")
-    assert "8 tasks" in proc.stdout, proc.stdout
+    assert Counter(r["stage"] for r in runs if r["event"] == "done") == \
+        Counter(["data@digits", "model@digits_std"])
+
+    proc = subprocess.Popen([*DISPATCH, "run", "--suite", "tiny", "--workers", "2",
+                             "--lifetime", "10min", "--dashboard", ":0"], cwd=repo, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    victim, units, retired = None, [], []
+    deadline = time.monotonic() + 600
+    try:
+        while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            units = list((work / "checkpoints").glob("digits_std-tmifpe-10-*/*.pt"))
+            address = next((m[1] for ln in lines if (m := re.search(r"scheduler (tcp://\S+)\)",
+                                                                     ln))), None)
+            if len(units) >= 2 and address:
+                victim = next(r for r in read_runs(work / "runs.jsonl")
+                              if r["stage"] == KILLED and r["event"] == "start")
+                retired = _retire(address, victim["worker"])
+            time.sleep(0.05)
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert victim is not None and retired, f"the cell finished before a retirement:\n{out}"
+    assert proc.returncode == 0, out
+    assert "8 tasks" in out
     runs = read_runs(work / "runs.jsonl")
     worker_runs = [r for r in runs if r.get("worker")]
     # data and model: restored from the cache on the workers, never computed there
     assert not [r for r in worker_runs if r["stage"] in ("data@digits", "model@digits_std")]
-    # every cell finished on a worker (a stage cut after its computation but before DVC recorded
-    # it may run again: same bytes, see below)
-    done = {r["stage"] for r in worker_runs if r["event"] == "done"}
-    assert done == TASKS - {"data@digits", "model@digits_std"}
-    # some attempt was cut by a retirement (started, never done) and its stage done later
-    finished = {r["attempt"] for r in worker_runs if r["event"] == "done"}
-    cut = [r for r in worker_runs if r["event"] == "start" and r["attempt"] not in finished]
-    assert cut, f"no worker retired mid-stage: {proc.stdout}"
-    assert {r["stage"] for r in cut} <= set(done)
-    for r in cut:
-        log = (work / "logs" / f"{r['stage']}.log").read_text()
-        resumed = log.split(f"attempt {r['attempt']}")[1].count("(resumed)")
-        print(f"cut: {r['stage']} attempt {r['attempt']} on {r['worker']}; later attempts "
-              f"resumed {resumed} unit(s)")
+    assert {r["stage"] for r in worker_runs if r["event"] == "done"} == \
+        TASKS - {"data@digits", "model@digits_std"}
+    # the retired attempt never finished; a later attempt on a live worker did, resuming units
+    assert not any(r["event"] == "done" and r["attempt"] == victim["attempt"] for r in runs)
+    (retry,) = [r for r in worker_runs if r["stage"] == KILLED and r["event"] == "done"]
+    assert retry["worker_pid"] != victim["worker_pid"]
+    with pytest.raises(ProcessLookupError):  # the guard ended the retired attempt's stage
+        os.kill(int(victim["pid"]), 0)
+    log = (work / "logs" / f"{KILLED}.log").read_text()
+    assert log.split(f"attempt {retry['attempt']}")[1].count("(resumed)") >= len(units)
     assert _counts(runs, "done", final=True) == Counter(FINAL_STAGES)
     assert _per_example_files(repo) == sequential
-    assert not (work / "workspaces").exists()  # cleaned on success, retired workers' included
+    assert not (work / "workspaces").exists()  # cleaned on success, the retired worker's too
     assert not (work / "run.lock").exists()

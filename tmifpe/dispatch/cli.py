@@ -206,7 +206,8 @@ def _run(repo: Path, work: Path, *, workers: int, gpus: int, scheduler: str | No
                                 f"{scheduler or 'of the cluster'}: {err}") from None
         try:
             typer.echo(f"{len(tasks)} tasks, suite {suite.name!r}, {suite.threads} thread(s) per "
-                       f"stage; Dask dashboard: {client.dashboard_link}")
+                       f"stage; Dask dashboard: {client.dashboard_link} (scheduler "
+                       f"{client.scheduler.address})")
             out = run_grid(client, tasks, spec, repo, gpu=use_gpu, retries=retries,
                            finish_here=finish, keep_workspaces=keep_workspaces, echo=typer.echo,
                            no_worker_timeout=no_worker_timeout)
