@@ -3,7 +3,7 @@ and a suite given by name: real processes, real DVC, the tiny grid of tests/test
 
 ``tmifpe prefetch --suite tiny`` runs the data and model stages here (what needs the internet for
 the real suites: torchvision datasets, RobustBench checkpoints). ``tmifpe run --suite tiny
---workers 2 --lifetime 10min`` then dispatches to two local workers kept by ``adapt`` (the local
+--workers 2 --lifetime 10 minutes`` then dispatches to two local workers kept by ``adapt`` (the local
 analogue of SLURM jobs replaced by ``adapt``). Once the T-MIFPE cell has saved two units, the
 test retires the worker running it through the scheduler (``Client.retire_workers``: the call a
 worker reaching its ``--lifetime`` makes for itself, ``Worker.close_gracefully``), at a moment it
@@ -84,7 +84,7 @@ def test_worker_retired_mid_cell_and_a_named_suite_match_sequential(
         Counter(["data@digits", "model@digits_std"])
 
     proc = subprocess.Popen([*DISPATCH, "run", "--suite", "tiny", "--workers", "2",
-                             "--lifetime", "10min", "--dashboard", ":0"], cwd=repo, env=_env(),
+                             "--lifetime", "10 minutes", "--dashboard", ":0"], cwd=repo, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)

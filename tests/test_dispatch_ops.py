@@ -55,6 +55,7 @@ def _one_line_error(result: object, code: int, *words: str) -> str:
     (["--gpu"], ["--gpu is for --scheduler"]),
     (["--retries", "-1"], ["--retries -1"]),
     (["--no-worker-timeout", "0"], ["--no-worker-timeout 0"]),
+    (["--lifetime", "10min"], ["--lifetime '10min'", "duration"]),
     (["-S", "suite.budgets"], ["-S 'suite.budgets'", "key=value"]),
 ])
 def test_bad_flag_combinations_are_one_line_and_exit_2(tmp_path: Path, args: list[str],

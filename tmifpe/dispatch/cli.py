@@ -83,6 +83,15 @@ def _validate(*, workers: int | None, gpus: int | None, scheduler: str | None, g
            "use --gpus N here or --gpus-per-job with --slurm")
     _check(not (lifetime and scheduler), "--lifetime applies to workers this command starts; "
            "with --scheduler give `dask worker --lifetime` yourself")
+    if lifetime is not None:
+        from dask.utils import parse_timedelta
+
+        try:
+            ok = parse_timedelta(lifetime) > 0
+        except (KeyError, ValueError, TypeError):
+            ok = False
+        _check(ok, f"--lifetime {lifetime!r}: expected a duration such as '50 minutes' or "
+               "'3000s'")
     _check(workers is None or workers >= 1, f"--workers {workers}: expected at least 1")
     _check(gpus is None or gpus >= 0, f"--gpus {gpus}: expected 0 or more")
     _check(jobs is None or jobs >= 1, f"--jobs {jobs}: expected at least 1")
