@@ -5,12 +5,12 @@ and a suite given by name: real processes, real DVC, the tiny grid of tests/test
 the real suites: torchvision datasets, RobustBench checkpoints). ``tmifpe run --suite tiny
 --workers 2 --lifetime '10 minutes'`` then dispatches to two local workers kept by ``adapt``
 (the local analogue of SLURM jobs replaced by ``adapt``). Once the T-MIFPE cell has saved two
-units, the test retires the worker running it through the scheduler (``Client.retire_workers``: the call a
-worker reaching its ``--lifetime`` makes for itself, ``Worker.close_gracefully``), at a moment it
-chooses rather than one a timer picks. The run must complete with per-example files
-byte-identical to a sequential ``dvc repro``; the cut attempt's stage process must be gone, the
-next attempt (in another worker process) must resume the saved units, and the workers must
-restore data and model from the cache (never download).
+units, the test retires the worker running it through the scheduler
+(``Client.retire_workers``: the call a worker reaching its ``--lifetime`` makes for itself,
+``Worker.close_gracefully``), at a moment it chooses rather than one a timer picks. The run must
+complete with per-example files byte-identical to a sequential ``dvc repro``; the cut attempt's
+stage process must be gone, the next attempt (in another worker process) must resume the saved
+units, and the workers must restore data and model from the cache (never download).
 """
 
 from __future__ import annotations
