@@ -4,8 +4,8 @@ and a suite given by name: real processes, real DVC, the tiny grid of tests/test
 ``tmifpe prefetch --suite tiny`` runs the data and model stages here (what needs the internet for
 the real suites: torchvision datasets, RobustBench checkpoints). ``tmifpe run --suite tiny
 --workers 2 --lifetime '10 minutes'`` then dispatches to two local workers kept by ``adapt``
-(the local analogue of SLURM jobs replaced by ``adapt``). Once the T-MIFPE cell has saved two
-units, the test retires the worker running it through the scheduler
+(the local analogue of SLURM jobs replaced by ``adapt``). Once the T-MIFPE cell has saved its
+first unit, the test retires the worker running it through the scheduler
 (``Client.retire_workers``: the call a worker reaching its ``--lifetime`` makes for itself,
 ``Worker.close_gracefully``), at a moment it chooses rather than one a timer picks. The run must
 complete with per-example files byte-identical to a sequential ``dvc repro``; the cut attempt's
@@ -59,14 +59,11 @@ def _hydra_repo(path: Path) -> Path:
     return repo
 
 
-def _retire(address: str, worker_name: str) -> list[str]:
-    from distributed import Client
-
-    with Client(address, timeout="60s") as client:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        target = [a for a, w in workers.items() if str(w["name"]) == worker_name]
-        client.retire_workers(workers=target)
-        return target
+def _retire(client: object, worker_name: str) -> list[str]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]  # type: ignore[attr-defined]
+    target = [a for a, w in workers.items() if str(w["name"]) == worker_name]
+    client.retire_workers(workers=target)  # type: ignore[attr-defined]
+    return target
 
 
 @pytest.mark.slow
@@ -89,18 +86,25 @@ def test_worker_retired_mid_cell_and_a_named_suite_match_sequential(
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
-    victim, units, retired = None, [], []
+    victim, units, retired, client = None, [], [], None
     deadline = time.monotonic() + 600
     try:
         while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            if client is None:
+                address = next((m[1] for ln in list(lines)
+                                if (m := re.search(r"scheduler (tcp://\S+)\)", ln))), None)
+                if address:
+                    from distributed import Client
+
+                    client = Client(address, timeout="60s")  # connected before the cell runs
             units = list((work / "checkpoints").glob("digits_std-tmifpe-10-*/*.pt"))
-            address = next((m[1] for ln in lines if (m := re.search(r"scheduler (tcp://\S+)\)",
-                                                                     ln))), None)
-            if len(units) >= 2 and address:
+            if client is not None and units:  # the first unit saved: retire its worker now
                 victim = next(r for r in read_runs(work / "runs.jsonl")
                               if r["stage"] == KILLED and r["event"] == "start")
-                retired = _retire(address, victim["worker"])
-            time.sleep(0.05)
+                retired = _retire(client, victim["worker"])
+            time.sleep(0.02)
+        if client is not None:
+            client.close()
         proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
