@@ -8,9 +8,10 @@ the real suites: torchvision datasets, RobustBench checkpoints). ``tmifpe run --
 first unit, the test retires the worker running it through the scheduler
 (``Client.retire_workers``: the call a worker reaching its ``--lifetime`` makes for itself,
 ``Worker.close_gracefully``), at a moment it chooses rather than one a timer picks. The run must
-complete with per-example files byte-identical to a sequential ``dvc repro``; the cut attempt's
-stage process must be gone, the next attempt (in another worker process) must resume the saved
-units, and the workers must restore data and model from the cache (never download).
+complete with per-example files byte-identical to a sequential ``dvc repro``; the task must be
+rescheduled and finished in another worker process (if the retired attempt was cut, its stage
+process must be gone and the next attempt must resume the saved units), and the workers must
+restore data and model from the cache (never download).
 """
 
 from __future__ import annotations
@@ -120,14 +121,22 @@ def test_worker_retired_mid_cell_and_a_named_suite_match_sequential(
     assert not [r for r in worker_runs if r["stage"] in ("data@digits", "model@digits_std")]
     assert {r["stage"] for r in worker_runs if r["event"] == "done"} == \
         TASKS - {"data@digits", "model@digits_std"}
-    # the retired attempt never finished; a later attempt on a live worker did, resuming units
-    assert not any(r["event"] == "done" and r["attempt"] == victim["attempt"] for r in runs)
-    (retry,) = [r for r in worker_runs if r["stage"] == KILLED and r["event"] == "done"]
-    assert retry["worker_pid"] != victim["worker_pid"]
-    with pytest.raises(ProcessLookupError):  # the guard ended the retired attempt's stage
-        os.kill(int(victim["pid"]), 0)
+    # the retired worker's task was rescheduled: a later attempt, in another worker process,
+    # finished it. Graceful retirement does not interrupt at once: the retired attempt is cut
+    # only if the worker process exits before the stage ends (then its stage process is gone and
+    # the next attempt resumes the saved units); a stage that ends first simply ran twice.
+    attempts = [r for r in worker_runs if r["stage"] == KILLED and r["event"] == "start"]
+    assert attempts[0]["attempt"] == victim["attempt"] and len(attempts) >= 2
+    finished = {r["attempt"] for r in worker_runs if r["stage"] == KILLED and r["event"] == "done"}
+    later = [r for r in attempts[1:] if r["attempt"] in finished]
+    assert later and later[-1]["worker_pid"] != victim["worker_pid"]
     log = (work / "logs" / f"{KILLED}.log").read_text()
-    assert log.split(f"attempt {retry['attempt']}")[1].count("(resumed)") >= len(units)
+    if victim["attempt"] not in finished:
+        with pytest.raises(ProcessLookupError):  # the guard ended the retired attempt's stage
+            os.kill(int(victim["pid"]), 0)
+        assert log.split(f"attempt {later[0]['attempt']}")[1].count("(resumed)") >= len(units)
+    print(f"retired attempt {'finished' if victim['attempt'] in finished else 'cut'}; "
+          f"{len(attempts)} attempts of {KILLED}")
     assert _counts(runs, "done", final=True) == Counter(FINAL_STAGES)
     assert _per_example_files(repo) == sequential
     assert not (work / "workspaces").exists()  # cleaned on success, the retired worker's too
