@@ -1,7 +1,8 @@
 # Two entry points (see README): `make repro` runs the pipeline, `make test` runs the tests.
 # Both create the virtualenv on first use: torch/torchvision first (PyTorch's CPU wheels when
 # its index answers within 5 s, else from the default index / local wheels), then every other
-# dependency pinned in requirements.lock (scripts/lock.py), then this package (editable).
+# dependency pinned, with hashes, in requirements.lock (a universal lock for Python 3.10-3.13 made
+# by uv: scripts/lock.py), then this package (editable, with every extra's dependencies).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
@@ -11,7 +12,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: repro test test-fast lint system-deps lock venv
+.PHONY: repro test test-fast lint lock-check system-deps lock venv
 
 venv: $(VENV)/.installed
 
@@ -41,12 +42,17 @@ system-deps:
 lint: $(VENV)/.installed
 	ruff check .
 
-test: $(VENV)/.installed $(if $(SYSTEM_DEPS),system-deps) lint
+# requirements.lock made from the current pyproject.toml, complete for Python 3.10-3.13 (offline)
+lock-check: $(VENV)/.installed
+	$(BIN)/python scripts/lock.py --check
+
+test: $(VENV)/.installed $(if $(SYSTEM_DEPS),system-deps) lint lock-check
 	pytest -q -n 2 --dist loadgroup
 
 test-fast: $(VENV)/.installed
 	pytest -q -n 2 -m "not slow"
 
-# Re-pin requirements.lock from the current venv (after changing dependencies in pyproject).
+# Re-resolve requirements.lock with uv (after changing dependencies in pyproject.toml); keeps the
+# pinned versions that still fit. Needs PyPI.
 lock: $(VENV)/.installed
 	$(BIN)/python scripts/lock.py

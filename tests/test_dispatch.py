@@ -7,9 +7,10 @@ diagnostics and ablations: 7 tasks, then aggregate and report. Stage runs are co
 project's own run log (`TMIFPE_RUN_LOG`, one line per stage start/end, written by the stage
 processes; a stage restored from DVC's run-cache runs no process and writes none).
 
-SLURM: only the job script dask-jobqueue generates is checked. A real single-node SLURM
-(Debian's slurm-wlm: slurmctld + slurmd + munge as root services) is not started in CI: it is a
-system service setup of its own, not something a test can bring up quickly and reliably here.
+SLURM: only the job script dask-jobqueue generates is checked (here and, against a user's
+jobqueue.yaml, in tests/test_dispatch_ops.py). A real single-node SLURM (Debian's slurm-wlm:
+slurmctld + slurmd + munge as root services) is not started in CI: it is a system service setup of
+its own, not something a test can bring up quickly and reliably here.
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def test_a_new_kind_is_one_table_entry() -> None:
 def test_slurm_job_script_for_a_gpu_partition() -> None:
     from tmifpe.dispatch.clusters import SlurmOptions, slurm_cluster
 
-    cluster = slurm_cluster(SlurmOptions("gpu", jobs=16, gpus_per_job=2, walltime="02:30:00",
-                                         memory="24GB", python="/opt/venv/bin/python"),
+    cluster = slurm_cluster(SlurmOptions(max_jobs=16, partition="gpu", gpus_per_job=2,
+                                         walltime="02:30:00", memory="24GB"),
                             threads=8, dashboard=":0")
     try:
         script = cluster.job_script()
@@ -179,7 +180,7 @@ def test_slurm_job_script_for_a_gpu_partition() -> None:
         assert directive in lines, script
     assert "export OMP_NUM_THREADS=8" in lines
     command = lines[-1]
-    assert command.startswith("/opt/venv/bin/python -m distributed.cli.dask_worker tcp://")
+    assert command.startswith(f"{sys.executable} -m distributed.cli.dask_worker tcp://")
     for arg in ("--nthreads 1", "--nworkers 2", "--resources GPU=1", "--nanny"):
         assert arg in command, command
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from tmifpe import __version__
+from tmifpe.dispatch.cli import prefetch as dispatch_prefetch
 from tmifpe.dispatch.cli import run as dispatch_run
 from tmifpe.dispatch.cli import status as dispatch_status
 from tmifpe.losses import LossName
@@ -35,6 +36,7 @@ app = typer.Typer(
 # Pipeline commands: `tmifpe run` / `tmifpe status` dispatch the DVC grid through Dask
 # (tmifpe/dispatch/cli.py; importing it does not import Dask).
 app.command()(dispatch_run)
+app.command()(dispatch_prefetch)
 app.command()(dispatch_status)
 
 
@@ -71,8 +73,13 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="On an error, print the full traceback too.")] = False,
 ) -> None:
     """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64, verified."""
+    from tmifpe.errors import set_debug
+
+    set_debug(debug)
 
 
 @app.command()

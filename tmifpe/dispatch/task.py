@@ -31,6 +31,7 @@ from tmifpe.pipeline.runlog import (
     read_runs,
 )
 
+CACHE_TYPE = "reflink,hardlink,copy"  # DVC `cache.type` of the workspaces
 WORK_DIR_ENV = "TMIFPE_WORK_DIR"  # checkpoints and AutoAttack state (tmifpe/pipeline/cell.py)
 
 
@@ -148,18 +149,38 @@ def remove_workspace(spec: RunSpec, dask_worker: Any = None) -> None:
         shutil.rmtree(workspace_path(spec, str(dask_worker.name)), ignore_errors=True)
 
 
+def remove_workspaces(spec: RunSpec) -> list[Path]:
+    """Delete every workspace of the run's commit that this machine sees (a shared filesystem:
+    those of workers retired or lost during the run too), and half-made clones; returns them."""
+    base = Path(spec.workspaces or Path(spec.work_dir) / "workspaces")
+    if not base.is_dir():
+        return []
+    tag = spec.commit[:12]
+    gone = [p for p in base.iterdir()
+            if p.name.endswith(f"-{tag}") or (p.name.startswith(".") and f"-{tag}." in p.name)]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    if not any(base.iterdir()):
+        base.rmdir()
+    return gone
+
+
 def ensure_workspace(spec: RunSpec, worker: str) -> Path:
     """This worker's clone of the repository at ``spec.commit``, configured for the run."""
     ws = workspace_path(spec, worker)
     base = ws.parent
-    if (ws / ".dvc").is_dir():
+    if (ws / ".dvc").is_dir():  # left by a failed run or an earlier task: reused
         return ws
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".{ws.name}.{os.getpid()}.tmp"
+    tmp = base / f".{ws.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     shared = ["--shared"] if Path(spec.repo).is_dir() else []
     _git("clone", "--quiet", "--no-checkout", *shared, spec.repo, str(tmp))
     _git("-C", str(tmp), "checkout", "--quiet", "--detach", spec.commit)
     dvc = [sys.executable, "-m", "dvc"]
+    # outputs linked from the cache, not copied: a workspace costs no second copy of the data
+    # (DVC falls back along the list: copy only where the filesystem has neither link)
+    subprocess.run([*dvc, "config", "--local", "cache.type", CACHE_TYPE], cwd=tmp, check=True,
+                   capture_output=True)
     if spec.cache_dir:
         subprocess.run([*dvc, "cache", "dir", "--local", spec.cache_dir], cwd=tmp, check=True,
                        capture_output=True)

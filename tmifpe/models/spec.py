@@ -1,13 +1,16 @@
-"""``--model`` specs of ``tmifpe evaluate``: a TorchScript file, ``package.module:factory`` (+
-weights), or a RobustBench model ID. Each resolves to a float32 eval-mode ``nn.Module`` taking
-pixels in [0,1]; a bad spec raises :class:`ModelSpecError` with a one-line message.
+"""``--model`` specs of ``tmifpe evaluate``: a ``torch.export`` archive (``.pt2``), a TorchScript
+file, ``package.module:factory`` (+ weights), or a RobustBench model ID. Each resolves to a
+float32 eval-mode ``nn.Module`` taking pixels in [0,1]; a bad spec raises
+:class:`ModelSpecError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,24 +31,30 @@ class ModelSpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: Literal["torchscript", "factory", "robustbench"]
+    kind: Literal["export", "torchscript", "factory", "robustbench"]
     value: str  # the path, the ``module:factory`` string or the RobustBench ID
 
     @property
     def name(self) -> str:
         """Short name for result files (file stem, factory name or the ID)."""
-        if self.kind == "torchscript":
+        if self.kind in ("export", "torchscript"):
             return Path(self.value).stem
         return self.value.rsplit(":", 1)[-1] if self.kind == "factory" else self.value
 
 
 def parse_model_spec(spec: str, weights: Path | None = None) -> ModelSpec:
-    """Classify ``spec``: an existing file -> TorchScript; ``pkg.mod:fn`` -> factory; else a
-    RobustBench ID (checked against its model zoo when loaded)."""
+    """Classify ``spec``: an existing ``.pt2`` file -> torch.export archive; another existing file
+    -> TorchScript; ``pkg.mod:fn`` -> factory; else a RobustBench ID (checked against its model
+    zoo when loaded)."""
     if not spec:
-        raise ModelSpecError("--model is empty; expected a TorchScript file, package.module:factory"
-                             " or a RobustBench model ID")
+        raise ModelSpecError("--model is empty; expected a torch.export .pt2 file, a TorchScript "
+                             "file, package.module:factory or a RobustBench model ID")
     path = Path(spec)
+    if path.is_file() and path.suffix == ".pt2":
+        if weights is not None:
+            raise ModelSpecError(f"--weights {weights} given with torch.export archive {spec}; "
+                                 "the archive holds its weights (drop --weights)")
+        return ModelSpec("export", spec)
     if path.is_file():
         if weights is not None:
             raise ModelSpecError(f"--weights {weights} given with TorchScript file {spec}; a "
@@ -56,7 +65,7 @@ def parse_model_spec(spec: str, weights: Path | None = None) -> ModelSpec:
     if weights is not None:
         raise ModelSpecError(f"--weights is only for package.module:factory models, got --model "
                              f"{spec!r}")
-    if path.suffix in {".pt", ".pth", ".ts", ".jit"} or "/" in spec:
+    if path.suffix in {".pt", ".pth", ".pt2", ".ts", ".jit"} or "/" in spec:
         raise ModelSpecError(f"model file {spec} not found")
     return ModelSpec("robustbench", spec)
 
@@ -65,14 +74,63 @@ def load_spec_model(
     spec: ModelSpec, *, weights: Path | None = None, dataset: str = "cifar10",
     threat_model: str = "Linf", model_dir: Path = Path("models/robustbench"),
 ) -> nn.Module:
-    """The model of ``spec`` in eval mode, float32, on CPU."""
-    if spec.kind == "torchscript":
+    """The model of ``spec`` in eval mode, float32, on CPU (a torch.export graph is in the mode
+    it was exported in: export the model in eval mode)."""
+    if spec.kind == "export":
+        model = _load_export(Path(spec.value))
+    elif spec.kind == "torchscript":
         model = _load_torchscript(Path(spec.value))
     elif spec.kind == "factory":
         model = _load_factory(spec.value, weights)
     else:
         model = _load_robustbench(spec.value, dataset, threat_model, model_dir)
     return model.float().eval()
+
+
+def _load_export(path: Path) -> nn.Module:
+    """``torch.export.load(path).module()``: the archive's graph with its weights; its first
+    input must have a dynamic batch dimension (the attacks run batches of any size)."""
+    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
+    level = quiet.level
+    quiet.setLevel(logging.ERROR + 1)
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive")
+        program = torch.export.load(str(path))
+    except Exception as exc:  # bad zip, wrong version, not an ExportedProgram: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(f"{path} is not a torch.export archive ({first[:120]}); save one "
+                             "with torch.export.save(torch.export.export(model.eval(), (x,), "
+                             "dynamic_shapes=...), path)") from None
+    finally:
+        quiet.setLevel(level)
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder"
+              and n.name in program.graph_signature.user_inputs]
+    val = inputs[0].meta.get("val") if inputs else None
+    if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
+        raise ModelSpecError(f"{path} was exported for batches of exactly {val.shape[0]}; export "
+                             "with dynamic_shapes=({0: torch.export.Dim('batch')},)")
+    model = ExportedModel(program.module())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class ExportedModel(nn.Module):
+    """A ``torch.export`` graph as a module whose ``train()``/``eval()`` are no-ops: the graph was
+    traced in one mode and ``GraphModule`` refuses both calls; dtype casts (``.to``,
+    ``.double()``) reach its weights as for any module."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
 
 
 def _load_torchscript(path: Path) -> nn.Module:

@@ -4,12 +4,15 @@ A stage process appends one JSON line at its start and one at its end to the fil
 ``TMIFPE_RUN_LOG``, when that variable is set (the dispatcher sets it). The stage name comes from
 ``DVC_STAGE``, which DVC sets for every stage command it runs. A stage that DVC restores from the
 run-cache runs no command, so it writes nothing: the log counts computations, not restores.
-One ``write`` of a short line to a file opened for appending is atomic on a local POSIX
-filesystem, so concurrent stages do not interleave their lines.
+The work directory may be on NFS, where ``O_APPEND`` is not atomic across clients (each client
+computes the end of file itself): every record is written under an exclusive POSIX record lock
+(``fcntl.lockf``, which NFS serves through its lock manager and which makes the client revalidate
+the file's size), at the end of the file as seen under the lock, then flushed to the server.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -34,9 +37,12 @@ def record_run(event: str) -> None:
         "attempt": os.environ.get(ATTEMPT_ENV), "worker": os.environ.get(WORKER_ENV),
         "worker_pid": os.environ.get(WORKER_PID_ENV),
     })
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # released by close
+        os.lseek(fd, 0, os.SEEK_END)
         os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
 
