@@ -72,7 +72,8 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64, verified."""
+    """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64 or under
+    autocast (amp-fp16/amp-bf16), verified."""
 
 
 @app.command()
@@ -90,7 +91,8 @@ def evaluate(
              "(default: 0.2 digits, 0.3 mnist, 8/255 cifar; required for a folder).")] = None,
     budget: Annotated[int, typer.Option(min=1, help="PGD iterations per run.")] = 100,
     precision: Annotated[Precision, typer.Option(
-        help="dtype of model and loss during the attack (verdicts always at fp32).")
+        help="Attack arithmetic: fp16/bf16/fp32/fp64 (model and loss cast to the dtype) or "
+             "amp-fp16/amp-bf16 (torch.autocast, fp32 weights); verdicts always at fp32.")
     ] = Precision.FP32,
     n_examples: Annotated[int | None, typer.Option(
         min=1, help="First N test points (default: all).")] = None,

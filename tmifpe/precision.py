@@ -80,11 +80,11 @@ class PrecisionModel(nn.Module):
     Pure dtypes: ``forward`` takes float32 pixels in [0,1], casts them to the attack dtype and
     returns logits in that dtype; logits of another dtype (e.g. from a model that keeps a plain
     float32 tensor attribute, which ``.to(dtype)`` does not cast) stop the attack with a
-    one-line error. The wrapped copy is in eval mode and its parameters do not require grad (only the input gradient
-    is ever needed), which also saves the parameter-gradient work. Autocast: ``forward`` runs
-    the float32 copy under ``torch.autocast(x.device.type, precision.dtype)`` and returns the
-    logits as autocast makes them (its dtype or float32); compute the loss under
-    :meth:`autocast` too.
+    one-line error. The wrapped copy is in eval mode and its parameters do not require grad
+    (only the input gradient is ever needed), which saves the parameter-gradient work.
+    Autocast: ``forward`` runs the float32 copy under ``torch.autocast(x.device.type,
+    precision.dtype)`` and returns the logits as autocast makes them (its dtype or float32);
+    compute the loss under :meth:`autocast` too.
 
     ``reference`` is the fp32 model that confirms an attack's successes (the project's verdict
     precision): ``self`` at fp32 (a given ``reference`` is not used), else the given fp32

@@ -12,7 +12,7 @@ import polars as pl
 
 from tmifpe.report.detail import DASH, Table
 
-PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64")
+PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16")
 LOSS_LABELS = {"ce": "CE", "cw": "C&W", "dlr": "DLR", "mifpe": "MIFPE", "tmifpe": "T-MIFPE"}
 COMPARED = ("ce", "mifpe", "tmifpe")
 PHASE_LABELS = {1: "(i) untargeted, y on top", 2: "(ii) untargeted, y not on top",
