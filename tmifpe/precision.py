@@ -145,3 +145,40 @@ class PrecisionModel(nn.Module):
                             f"{self.precision.value}; expected {self.precision.dtype} (a tensor "
                             "attribute that is not a parameter or buffer is not cast)")
         return out
+
+
+PROBE_POINTS = 8  # points of the two forward passes of :func:`check_deterministic`
+
+
+def check_deterministic(model: nn.Module, x: Tensor, *, name: str = "") -> None:
+    """Refuse a randomized model [rule of every door: ``tmifpe.evaluate``, ``evaluate_fast``,
+    ``evaluate_autoattack``, the CLI and the pipeline's cells]: one-line ValueError naming the
+    model and the reason.
+
+    Randomized = two forward passes of a deep copy of ``model``, *in the mode the caller gave*
+    (train-mode dropout stays active), on the first :data:`PROBE_POINTS` points of ``x`` give
+    different logits (not bitwise equal, NaNs equal). The caller's model, its mode and the
+    global RNG state are left as they were (the copy runs under ``torch.random.fork_rng``).
+    tmifpe does not evaluate randomized models (no expectation over transformation): every
+    verdict is one fp32 forward pass, which a stochastic model would make a coin flip, and
+    evaluating an eval-mode copy instead (what :class:`PrecisionModel` runs) would silently
+    attack a different, deterministic model.
+    """
+    params = [*model.parameters(), *model.buffers()]
+    dev = params[0].device if params else x.device
+    probe = x[:PROBE_POINTS].detach().to(dev)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        copy_ = copy.deepcopy(model)  # same mode as the caller's model
+        a, b = copy_(probe), copy_(probe)
+    same = a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+    if same:
+        return
+    label = name or type(model).__name__
+    active = sorted({type(m).__name__ for m in model.modules()
+                     if m.training and isinstance(m, nn.modules.dropout._DropoutNd)})
+    why = (f"train-mode {', '.join(active)} active" if active
+           else "its forward pass is stochastic")
+    raise ValueError(f"model {label} is randomized: two forward passes of the same points "
+                     f"differ ({why}); tmifpe evaluates deterministic models only (call "
+                     ".eval() or remove the randomness)")

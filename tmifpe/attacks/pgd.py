@@ -34,8 +34,10 @@ from tmifpe.attacks.runs import (
     check_class_range,
     check_inputs,
     check_loss_scale,
+    confirms_with_reference,
     fallback_generator,
     input_gradient,
+    loss_context,
     run_restarts_and_targets,
     step_direction,
     step_verdicts,
@@ -140,7 +142,7 @@ def _single_run(
             logits = model(xk)  # (n_live, K) in the attack dtype
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
-            low = not model.is_reference  # one fp32 confirmation forward per iterate
+            low = confirms_with_reference(model, logits)
         hit, dtype_only, missed = step_verdicts(model, logits, xl.detach(), yl, lol, hil,
                                                 keep_missed=cfg.keep_missed_hits)
         cnt.add(cnt.fwd, live, 2 if low else 1)
@@ -154,7 +156,7 @@ def _single_run(
         if pos.numel() == 0:
             break
         with torch.enable_grad():
-            with model.autocast(dev):  # amp-*: the loss as autocast computes it
+            with loss_context(model, dev):  # amp-*: the loss as autocast computes it
                 loss = loss_fn(logits, yl, targets=tl)
             grad = input_gradient(loss, logits, xk, keep, loss_scale=cfg.loss_scale)
         xl, loss = xl.detach(), loss.detach()

@@ -4,6 +4,7 @@ examples)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -172,7 +173,7 @@ def step_verdicts(
     z = logits.detach()
     inside = ((x >= lo) & (x <= hi)).flatten(1).all(dim=1)
     candidate = torch.isfinite(z).all(dim=1) & (z.argmax(dim=1) != y) & inside
-    if model.is_reference:  # fp32: not decided by the logits' dtype (autocast may give fp32)
+    if not confirms_with_reference(model, logits):
         none = torch.zeros_like(candidate)
         return candidate, none, none
     z32 = model.reference(x)
@@ -180,6 +181,24 @@ def step_verdicts(
     missed = fp32 & ~candidate
     success = fp32 if keep_missed else candidate & fp32
     return success, candidate & ~fp32, missed
+
+
+def is_autocast(model: object) -> bool:
+    """True for a :class:`PrecisionModel` of the autocast family (``amp-*``)."""
+    return bool(getattr(getattr(model, "precision", None), "autocast", False))
+
+
+def confirms_with_reference(model: object, logits: Tensor) -> bool:
+    """Does an iterate need the fp32 reference's confirmation forward? Yes unless the attack
+    pass is itself an fp32 pass: float32 logits of a pure-dtype model. An autocast model always
+    does (its logits may come back float32 from an op autocast promotes)."""
+    return logits.dtype != torch.float32 or is_autocast(model)
+
+
+def loss_context(model: object, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context the engines compute the loss in: :meth:`PrecisionModel.autocast` for the
+    autocast family (the loss as autocast computes it), a no-op otherwise."""
+    return model.autocast(device) if is_autocast(model) else contextlib.nullcontext()  # type: ignore[attr-defined]
 
 
 def input_gradient(loss: Tensor, logits: Tensor, x: Tensor, keep: Tensor, *,
