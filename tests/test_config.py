@@ -63,7 +63,7 @@ def test_all_problems_reported_at_once() -> None:
     assert len(lines) >= 7, text
     assert "suite.losses.1: got 'focal'" in text and "'mifpe' or 'tmifpe'" in text
     assert "suite.datasets.digits.eps: got 1.5" in text
-    assert "fp8" in text and "'fp16', 'bf16', 'fp32' or 'fp64'" in text
+    assert "fp8" in text and "'fp16', 'bf16', 'fp32', 'fp64', 'amp-fp16' or 'amp-bf16'" in text
     assert "duplicate value 10" in text and "duplicate value 'ce'" in text
     assert "budgets: 0 must be a positive integer" in text
     assert "'resnet_9000' is not in model_zoo" in text
@@ -92,7 +92,8 @@ def test_precisions_for_budget_respects_cap() -> None:
     suite = load_params(ROOT / "params.yaml")
     cap = suite.precisions["fp16"].max_budget
     assert cap is not None
-    assert [p.value for p in suite.precisions_for_budget(cap)] == ["fp16", "bf16", "fp32", "fp64"]
+    assert [p.value for p in suite.precisions_for_budget(cap)] == [
+        "fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16"]
     assert [p.value for p in suite.precisions_for_budget(cap + 1)] == ["bf16", "fp32", "fp64"]
 
 

@@ -76,7 +76,8 @@ def main(
     debug: Annotated[bool, typer.Option(
         "--debug", help="On an error, print the full traceback too.")] = False,
 ) -> None:
-    """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64, verified."""
+    """tmifpe: PGD with CE, C&W, DLR, MIFPE and T-MIFPE at fp16/bf16/fp32/fp64 or under
+    autocast (amp-fp16/amp-bf16), verified."""
     from tmifpe.errors import set_debug
 
     set_debug(debug)
@@ -97,7 +98,8 @@ def evaluate(
              "(default: 0.2 digits, 0.3 mnist, 8/255 cifar; required for a folder).")] = None,
     budget: Annotated[int, typer.Option(min=1, help="PGD iterations per run.")] = 100,
     precision: Annotated[Precision, typer.Option(
-        help="dtype of model and loss during the attack (verdicts always at fp32).")
+        help="Attack arithmetic: fp16/bf16/fp32/fp64 (model and loss cast to the dtype) or "
+             "amp-fp16/amp-bf16 (torch.autocast, fp32 weights); verdicts always at fp32.")
     ] = Precision.FP32,
     n_examples: Annotated[int | None, typer.Option(
         min=1, help="First N test points (default: all).")] = None,

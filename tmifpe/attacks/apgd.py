@@ -72,13 +72,17 @@ from torch import Tensor
 from tmifpe.attacks.projection import linf_box, project
 from tmifpe.attacks.runs import (
     KEEP_MISSED_HITS,
+    LOSS_SCALE,
     PGDResult,
     RunCounters,
     RunState,
     check_class_range,
     check_inputs,
+    check_loss_scale,
+    confirms_with_reference,
     fallback_generator,
     input_gradient,
+    loss_context,
     run_restarts_and_targets,
     step_direction,
     step_verdicts,
@@ -113,8 +117,10 @@ class APGDConfig:
     progress: Progress | None = None  # None: default_progress(loss) when run
     seed: int = 0
     keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
+    loss_scale: float = LOSS_SCALE  # constant factor on the loss before backward (amp-fp16)
 
     def __post_init__(self) -> None:
+        check_loss_scale(self.loss_scale)
         if not 0.0 < self.eps <= 1.0:
             raise ValueError(f"eps must be in (0, 1], got {self.eps}")
         if self.steps < 1:
@@ -276,7 +282,7 @@ def _single_run(
             logits = model(xk)  # (n_live, K), attack dtype
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
-            low = logits.dtype != torch.float32
+            low = confirms_with_reference(model, logits)
         hit, dtype_only, missed = step_verdicts(model, logits, xl.detach(), yl, lo[live],
                                                 hi[live], keep_missed=cfg.keep_missed_hits)
         cnt.add(cnt.fwd, live, 2 if low else 1)
@@ -288,8 +294,10 @@ def _single_run(
         if pos.numel() == 0:
             break
         with torch.set_grad_enabled(need_grad):
-            loss = loss_fn(logits, yl, targets=tl)
-            g = input_gradient(loss, logits, xk, keep) if need_grad else None
+            with loss_context(model, dev):  # amp-*: the loss as autocast computes it
+                loss = loss_fn(logits, yl, targets=tl)
+            g = (input_gradient(loss, logits, xk, keep, loss_scale=cfg.loss_scale)
+                 if need_grad else None)
         if cfg.progress is Progress.LOSS:
             f = loss.detach().double()
         else:

@@ -26,14 +26,18 @@ from torch import Tensor
 from tmifpe.attacks.projection import linf_box, project, random_start
 from tmifpe.attacks.runs import (
     KEEP_MISSED_HITS,
+    LOSS_SCALE,
     NEVER,
     PGDResult,
     RunCounters,
     RunState,
     check_class_range,
     check_inputs,
+    check_loss_scale,
+    confirms_with_reference,
     fallback_generator,
     input_gradient,
+    loss_context,
     run_restarts_and_targets,
     step_direction,
     step_verdicts,
@@ -56,8 +60,10 @@ class PGDConfig:
     n_targets: int = 9
     seed: int = 0
     keep_missed_hits: bool = KEEP_MISSED_HITS  # fp32-only hits frozen as successes
+    loss_scale: float = LOSS_SCALE  # constant factor on the loss before backward (amp-fp16)
 
     def __post_init__(self) -> None:
+        check_loss_scale(self.loss_scale)
         if not 0.0 < self.eps <= 1.0:
             raise ValueError(f"eps must be in (0, 1], got {self.eps}")
         if self.steps < 1:
@@ -136,7 +142,7 @@ def _single_run(
             logits = model(xk)  # (n_live, K) in the attack dtype
         if k == 0:
             check_class_range(logits.shape[1], y, tgt)
-            low = logits.dtype != torch.float32
+            low = confirms_with_reference(model, logits)
         hit, dtype_only, missed = step_verdicts(model, logits, xl.detach(), yl, lol, hil,
                                                 keep_missed=cfg.keep_missed_hits)
         cnt.add(cnt.fwd, live, 2 if low else 1)
@@ -150,8 +156,9 @@ def _single_run(
         if pos.numel() == 0:
             break
         with torch.enable_grad():
-            loss = loss_fn(logits, yl, targets=tl)
-            grad = input_gradient(loss, logits, xk, keep)
+            with loss_context(model, dev):  # amp-*: the loss as autocast computes it
+                loss = loss_fn(logits, yl, targets=tl)
+            grad = input_gradient(loss, logits, xk, keep, loss_scale=cfg.loss_scale)
         xl, loss = xl.detach(), loss.detach()
         if pos.numel() < live.numel():  # frozen rows leave (hit rows had no gradient)
             live, grad, loss, xl, lol, hil = (t[pos] for t in (live, grad, loss, xl, lol, hil))

@@ -4,6 +4,7 @@ examples)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,18 @@ example that had one ended robust: keeping them would have lowered that robust a
 point in 180 (16.67% -> 16.11%), no other. Not keeping them leaves the attack's decisions to
 the attack dtype, the factor the precision study varies (keeping would hand the bf16 attack
 fp32's decisions); the count is reported per example either way."""
+
+
+LOSS_SCALE = 1.0
+"""Default of the engines' ``loss_scale`` (:func:`input_gradient`): no loss scaling. Decided on
+``benchmarks/results/amp_underflow.json`` (``benchmarks/amp_underflow.py``), see
+docs/theory.md "Autocast"."""
+
+
+def check_loss_scale(loss_scale: float) -> None:
+    """One-line error unless ``loss_scale`` is a finite number > 0."""
+    if not (isinstance(loss_scale, int | float) and 0.0 < loss_scale < float("inf")):
+        raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
 
 
 def batch_seed(seed: int, targeted: bool, batch: int) -> int:
@@ -154,12 +167,13 @@ def step_verdicts(
     the reference (one fp32 forward per row and step; selecting only the candidates would cost
     a host sync): success = candidate ∧ fp32, dtype_only = candidate ∧ ¬fp32, missed =
     fp32 ∧ ¬candidate. ``keep_missed``: a missed hit is a success too (success = fp32). At fp32
-    the attack pass is the fp32 pass: success = candidate, nothing else, no second forward.
+    the attack pass is the fp32 pass: success = candidate, nothing else, no second forward. The
+    autocast family (``amp-*``) is confirmed like fp16/bf16, whatever dtype its logits have.
     """
     z = logits.detach()
     inside = ((x >= lo) & (x <= hi)).flatten(1).all(dim=1)
     candidate = torch.isfinite(z).all(dim=1) & (z.argmax(dim=1) != y) & inside
-    if z.dtype == torch.float32:
+    if not confirms_with_reference(model, logits):
         none = torch.zeros_like(candidate)
         return candidate, none, none
     z32 = model.reference(x)
@@ -169,7 +183,26 @@ def step_verdicts(
     return success, candidate & ~fp32, missed
 
 
-def input_gradient(loss: Tensor, logits: Tensor, x: Tensor, keep: Tensor) -> Tensor:
+def is_autocast(model: object) -> bool:
+    """True for a :class:`PrecisionModel` of the autocast family (``amp-*``)."""
+    return bool(getattr(getattr(model, "precision", None), "autocast", False))
+
+
+def confirms_with_reference(model: object, logits: Tensor) -> bool:
+    """Does an iterate need the fp32 reference's confirmation forward? Yes unless the attack
+    pass is itself an fp32 pass: float32 logits of a pure-dtype model. An autocast model always
+    does (its logits may come back float32 from an op autocast promotes)."""
+    return logits.dtype != torch.float32 or is_autocast(model)
+
+
+def loss_context(model: object, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context the engines compute the loss in: :meth:`PrecisionModel.autocast` for the
+    autocast family (the loss as autocast computes it), a no-op otherwise."""
+    return model.autocast(device) if is_autocast(model) else contextlib.nullcontext()  # type: ignore[attr-defined]
+
+
+def input_gradient(loss: Tensor, logits: Tensor, x: Tensor, keep: Tensor, *,
+                   loss_scale: float = 1.0) -> Tensor:
     """∇_x Σ_{i: keep_i} loss_i, float32, with the network's backward run on the logit gradient
     of each row rescaled by a power of two so that its largest entry is at most 1.
 
@@ -182,9 +215,17 @@ def input_gradient(loss: Tensor, logits: Tensor, x: Tensor, keep: Tensor) -> Ten
     reaches the subnormal range. Rows with max |g| ≤ 1 (every CE and C&W row) are not touched;
     non-finite rows stay non-finite (the engine takes a random step for them). Rows outside
     ``keep`` get no gradient (``torch.where`` masks them, NaN included). No host sync.
+
+    ``loss_scale`` S (default 1: off): the loss sum is multiplied by S before the backward
+    into the logits, as AMP users do for weight gradients (``torch.amp.GradScaler``): under
+    autocast the fp32 loss's logit gradient is cast to fp16 there, and S lifts entries that
+    would underflow; S·max|g| > 65504 overflows instead (an fp16 row of Inf: a random step).
+    Rows whose scaled gradient exceeds 1 are then scaled back down as above. See
+    :data:`tmifpe.attacks.runs.LOSS_SCALE` for the engines' default and the measurement.
     """
     masked = torch.where(keep, loss, torch.zeros_like(loss))
-    (g,) = torch.autograd.grad(masked.sum(), logits)
+    total = masked.sum() if loss_scale == 1.0 else masked.sum() * loss_scale
+    (g,) = torch.autograd.grad(total, logits)
     amax = g.detach().abs().amax(dim=1).float()
     _, e = torch.frexp(amax)  # amax = m·2^e, m ∈ [0.5, 1)
     e = torch.where(torch.isfinite(amax) & (amax > 1.0), e, torch.zeros_like(e))

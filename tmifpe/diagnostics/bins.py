@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from tmifpe.losses.tmifpe.tstar import gap_thresholds
-from tmifpe.precision import Precision
+from tmifpe.precision import PURE_PRECISIONS, Precision
 
 # Extra bin edges (raw top-2 gap) besides 0, the thresholds of the measured dtypes and +inf.
 EXTRA_EDGES = (2.0, 10.0, 30.0, 60.0)
@@ -29,7 +29,8 @@ def gap_bin_edges(precisions: Sequence[Precision]) -> tuple[float, ...]:
     """
     edges = {0.0, *EXTRA_EDGES}
     for p in precisions:
-        edges.update(gap_thresholds(p.dtype))
+        if not p.autocast:  # theory's thresholds: pure dtypes only
+            edges.update(gap_thresholds(p.dtype))
     return (*sorted(edges), math.inf)
 
 
@@ -81,13 +82,15 @@ def bin_table(examples: pl.DataFrame, edges: Sequence[float]) -> pl.DataFrame:
         on=BIN_KEYS, nulls_equal=True)
     lo = {i: edges[i] for i in range(len(edges) - 1)}
     hi = {i: edges[i + 1] for i in range(len(edges) - 1)}
-    thr = {p.value: gap_thresholds(p.dtype) for p in Precision}
+    # theory §3's thresholds are for pure low-precision logits and loss; under autocast the
+    # loss is fp32 (its rows get null thresholds)
+    thr = {p.value: gap_thresholds(p.dtype) for p in PURE_PRECISIONS}
     frame = pl.concat([per, allrows.select(per.columns)]).with_columns(
         pl.col("bin").replace_strict(lo, default=None, return_dtype=pl.Float64).alias("bin_lo"),
         pl.col("bin").replace_strict(hi, default=None, return_dtype=pl.Float64).alias("bin_hi"),
-        pl.col("precision").replace_strict({k: v[0] for k, v in thr.items()},
+        pl.col("precision").replace_strict({k: v[0] for k, v in thr.items()}, default=None,
                                            return_dtype=pl.Float64).alias("threshold_round"),
-        pl.col("precision").replace_strict({k: v[1] for k, v in thr.items()},
+        pl.col("precision").replace_strict({k: v[1] for k, v in thr.items()}, default=None,
                                            return_dtype=pl.Float64).alias("threshold_underflow"))
     return frame.sort(["loss", "targeted", "precision", "point_step", "phase", "bin"],
                       nulls_last=True)

@@ -53,7 +53,8 @@ def input_gradient(
     model: PrecisionModel, x: Tensor, labels: Tensor, loss_fn: LossFn, *,
     targets: Tensor | None = None,
 ) -> InputGradient:
-    """∇_x Σ_i L(model(x)_i) computed entirely in ``model.dtype`` [the attack's gradient].
+    """∇_x Σ_i L(model(x)_i) computed entirely in ``model.dtype`` [the attack's gradient]
+    (autocast family: forward and loss under autocast, as the engines compute them).
 
     The leaf is x in float64: casting float32 pixels to float64 is exact, so the model sees the
     same rounded input as from float32, and the dtype's gradient is upcast exactly.
@@ -63,7 +64,8 @@ def input_gradient(
     leaf = x.detach().to(torch.float64).requires_grad_(True)
     with torch.enable_grad():
         logits = model(leaf)
-        loss = loss_fn(logits, labels, targets=targets)
+        with model.autocast(leaf.device):  # amp-*: the loss as autocast computes it
+            loss = loss_fn(logits, labels, targets=targets)
         g_x, g_z = torch.autograd.grad(loss.sum(), [leaf, logits])
     return InputGradient(g_x.detach().flatten(1).to(torch.float64),
                          g_z.detach().to(torch.float64), logits.detach().to(torch.float64))

@@ -16,9 +16,10 @@ from tmifpe.diagnostics.gradients import compare, input_gradient, take_rows, top
 from tmifpe.losses import LossName, get_loss
 from tmifpe.precision import Precision, PrecisionModel
 
-MEASURED_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32)
+MEASURED_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.AMP_FP16,
+                       Precision.AMP_BF16)
 # CPU fp16 convolutions are ~15x slower than fp32: fp16 is measured on a gap-stratified subset.
-MAX_POINTS = {Precision.FP16: 120}
+MAX_POINTS = {Precision.FP16: 120, Precision.AMP_FP16: 120}
 DEFAULT_TARGETS = 3  # targeted t* trace when the suite has no fp32 n_targets
 POINT_STEPS = (5, 10, 20)  # PGD iterates diagnosed besides the clean points
 TRACE_STEPS = 20  # budget of the T-MIFPE t* trace

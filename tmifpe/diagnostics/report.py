@@ -12,7 +12,7 @@ import polars as pl
 
 from tmifpe.report.detail import DASH, Table
 
-PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64")
+PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16")
 LOSS_LABELS = {"ce": "CE", "cw": "C&W", "dlr": "DLR", "mifpe": "MIFPE", "tmifpe": "T-MIFPE"}
 COMPARED = ("ce", "mifpe", "tmifpe")
 PHASE_LABELS = {1: "(i) untargeted, y on top", 2: "(ii) untargeted, y not on top",
@@ -89,7 +89,9 @@ def gap_bin_table(bins: dict[str, Path]) -> Table:
         "Input gradient at each precision against the same computation in float64; untargeted "
         "attacks, points whose true class is top-1 (phase i), clean points and PGD iterates "
         "pooled. Δ from the float64 logits; bin edges include the rounding (−ln u) and "
-        "underflow (−ln(s/2)) thresholds of docs/theory.md §3. zero %: input gradient exactly "
+        "underflow (−ln(s/2)) thresholds of docs/theory.md §3, which apply to the pure "
+        "fp16/bf16 rows only (amp-fp16/amp-bf16: torch.autocast computes CE in fp32; its zeros "
+        "come from the fp16/bf16 backward through the network). zero %: input gradient exactly "
         "0; rel. err and cos: medians of ‖g − g64‖/‖g64‖ and cosine similarity.",
         tuple(h for h, _ in headers), tuple(n for _, n in headers), tuple(rows),
         "No diagnostics results.")
@@ -121,7 +123,8 @@ def verdict_table(verdicts: dict[str, Path]) -> Table:
         "(scaled gap ≈ 1) should have ≤5% zero gradients. Phase (i) points, all point sets "
         "pooled; a side with fewer than 10 points gives “too few points”. The device measured "
         "on is given with the model: on CUDA the thresholds may differ "
-        "(benchmarks/device_check.py).",
+        "(benchmarks/device_check.py). The CE checks are for the pure dtypes only: under "
+        "autocast (amp-*) CE is computed in fp32 and the thresholds do not apply.",
         ("Model", "Check", "Attack", "Precision", "Where", "Numbers", "Verdict"),
         (False, False, False, False, False, False, False), tuple(rows), "No verdicts.")
 

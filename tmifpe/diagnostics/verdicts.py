@@ -123,8 +123,9 @@ def verdicts(
     examples: pl.DataFrame, precisions: Sequence[Precision], num_classes: int,
 ) -> list[dict[str, object]]:
     """Agreement checks on all point sets pooled: :func:`ce_zero_gradient_verdict` and
-    :func:`ce_true_class_term_verdict` per precision, :func:`scaled_loss_verdict` per
-    precision × MIFPE/T-MIFPE × (un)targeted."""
+    :func:`ce_true_class_term_verdict` per pure precision (not the autocast family: its CE is
+    computed in fp32, the thresholds of theory §3 do not apply), :func:`scaled_loss_verdict`
+    per precision × MIFPE/T-MIFPE × (un)targeted."""
 
     def col(frame: pl.DataFrame, name: str, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(frame[name].to_numpy().copy()).to(dtype)
@@ -133,7 +134,7 @@ def verdicts(
     for p in precisions:
         f = examples.filter((pl.col("loss") == "ce") & ~pl.col("targeted")
                             & (pl.col("precision") == p.value))
-        if f.height:
+        if f.height and not p.autocast:  # theory §3's CE thresholds: pure dtypes only
             gap, phase = col(f, "gap", torch.float64), col(f, "phase", torch.int64)
             v = ce_zero_gradient_verdict(gap, col(f, "zero_grad", torch.bool), phase, p,
                                          zero_logit_grad=col(f, "zero_logit_grad", torch.bool))

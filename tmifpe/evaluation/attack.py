@@ -27,7 +27,7 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.attacks.schedule import Schedule
 from tmifpe.evaluation.schema import CELL_SCHEMA, build_frame
 from tmifpe.losses import LossName, get_loss
-from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.precision import Precision, PrecisionModel, check_deterministic
 from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.verify import Verdict, clean_correct, verify
 
@@ -172,9 +172,11 @@ def run_attack(model: nn.Module, x: Tensor, y: Tensor, settings: AttackSettings,
                threads: int | None = None, progress: BatchProgress | None = None) -> AttackRun:
     """:func:`run_unit` on every batch of ``settings.batch_size`` points (batch b seeded by
     ``batch_seed(seed, targeted, b)``), under :func:`tmifpe.runtime.numerics` ``(threads)``;
-    ``model`` is left as it was (mode, device, parameters)."""
+    ``model`` is left as it was (mode, device, parameters); a randomized model is refused
+    (:func:`tmifpe.precision.check_deterministic`)."""
     dev = resolve_device(device)
     with numerics(threads):
+        check_deterministic(model, x)
         env = environment(dev)
         models = VerdictModels(model, dev)
         parts: list[dict[str, Tensor]] = []

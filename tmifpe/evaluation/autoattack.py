@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tmifpe.attacks.autoattack import ATTACKS, AAConfig, AAResult, Progress, run_autoattack
 from tmifpe.evaluation.cost import autoattack_passes
 from tmifpe.evaluation.schema import AA_SCHEMA, build_frame
-from tmifpe.precision import Precision, PrecisionModel
+from tmifpe.precision import Precision, PrecisionModel, check_deterministic
 from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.verify import Verdict, verify
 from tmifpe.verify import clean_correct as finite_and_correct
@@ -111,6 +111,7 @@ def run_autoattack_eval(
     dev = resolve_device(config.device)
     config = AAConfig(eps=config.eps, seed=config.seed, batch_size=config.batch_size,
                       version=config.version, device=str(dev))
+    check_deterministic(model, x, name=model_name)
     if any(m.training for m in model.modules()):
         raise ValueError("model must be in eval mode (train-mode layers randomise AutoAttack)")
     with numerics(threads):

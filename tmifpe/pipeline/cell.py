@@ -25,7 +25,7 @@ from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.code_deps import code_hash
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.progress import Progress
-from tmifpe.precision import Precision
+from tmifpe.precision import Precision, check_deterministic
 from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.storage import save_torch, sha256_path, write_json, write_parquet
 
@@ -88,6 +88,7 @@ def run_attack_cell(
     with numerics(suite.threads):
         env = environment(device)
         net = load_model(spec.model, *suite.model_and_dataset(spec.model))
+        check_deterministic(net, x_all, name=spec.model)
         models = VerdictModels(net, device)
         for prec, n_targets, start, stop in units:
             targeted = n_targets > 0

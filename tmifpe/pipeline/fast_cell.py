@@ -15,6 +15,7 @@ from tmifpe.evaluation.fast import HELD_OUT, TUNING, run_fast_eval
 from tmifpe.models.zoo import load_model
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.fast_config import FastParams
+from tmifpe.precision import check_deterministic
 from tmifpe.storage import write_json, write_parquet
 
 __all__ = ["HELD_OUT", "TUNING", "preset_config", "run_fast_cell", "split_labels",
@@ -57,6 +58,7 @@ def run_fast_cell(suite: SuiteParams, model_key: str, *, data_path: Path, out: P
     config = preset_config(fp, ds.eps)
     split = split_labels(y.shape[0], fp.split_seed, fp.tuning_fraction)
     model = load_model(model_key, *suite.model_and_dataset(model_key))
+    check_deterministic(model, x, name=model_key)
     run = run_fast_eval(model, x, y, config, dataset=ds_key,
                         model_name=model_key, split=split, device=suite.device,
                         threads=suite.threads)

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64")  # == list(tmifpe.precision.Precision)
+# == list(tmifpe.precision.Precision)
+PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16")
 
 
 def _dict(v: Any) -> Mapping[str, Any]:

@@ -11,7 +11,7 @@ import polars as pl
 from tmifpe.report.detail import Table
 
 DASH = "–"
-PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64")
+PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16")
 _KEY = ("model", "precision", "targeted", "budget")
 _LEAD = (("Model", False), ("Attack", False), ("Precision", False), ("Budget", True))
 

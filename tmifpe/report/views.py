@@ -10,7 +10,7 @@ import polars as pl
 
 LOSS_ORDER = ("ce", "cw", "dlr", "mifpe", "tmifpe")
 LOSS_LABELS = {"ce": "CE", "cw": "C&W", "dlr": "DLR", "mifpe": "MIFPE", "tmifpe": "T-MIFPE"}
-PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64")
+PRECISION_ORDER = ("fp16", "bf16", "fp32", "fp64", "amp-fp16", "amp-bf16")
 HEADLINE_PRECISION = "fp32"
 DIGITS = 2  # decimals of every percentage shown
 
