@@ -347,3 +347,34 @@ def test_cli_device_defaults_to_auto():
     from tmifpe.cli import evaluate
 
     assert inspect.signature(evaluate).parameters["device"].default == "auto"
+
+
+def test_evaluate_runtime_failure_is_exit_1_and_debug_shows_traceback(tmp_path, monkeypatch,
+                                                                       digits_cnn):
+    """Bad input stays exit 2; a failure while running is one line with exit 1 (no traceback
+    unless --debug), and CUDA out of memory names the option to lower."""
+    import tmifpe.api as api
+
+    model_file = tmp_path / "m.ts"
+    torch.jit.script(digits_cnn).save(str(model_file))
+    args = ["evaluate", "--model", model_file, "--dataset", "digits", "--n-examples", 4,
+            "--budget", 1, "--device", "cpu", "--out", tmp_path / "o"]
+    assert invoke(*args, "--eps", "2/1").exit_code == 2
+
+    def oom(*_a, **_k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(api, "evaluate", oom)
+    res = invoke(*args)
+    assert res.exit_code == 1, res.output
+    assert "lower --batch-size" in res.output and "Traceback" not in res.output
+
+    def bug(*_a, **_k):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(api, "evaluate", bug)
+    res = invoke(*args)
+    assert res.exit_code == 1 and "KeyError" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["--debug", *[str(a) for a in args]])
+    assert res.exit_code == 1 and "Traceback" in res.output
+    assert not (tmp_path / "o" / "summary.json").exists()

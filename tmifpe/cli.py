@@ -58,9 +58,10 @@ SCHEMA_DOC = "docs/results-schema.md"
 
 
 def _fail(message: str) -> typer.Exit:
-    """One line on stderr, exit code 2."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code=2)
+    """One line on stderr, exit code 2 (bad input; tmifpe/errors.py)."""
+    from tmifpe.errors import usage_error
+
+    return usage_error(message)
 
 
 def _version(value: bool) -> None:
@@ -128,15 +129,19 @@ def evaluate(
     """Attack a model on a dataset; print a summary table, write DIR/summary.json and
     DIR/examples.parquet (per-example results in the attack cells' schema)."""
     from tmifpe.data.spec import DatasetSpecError
+    from tmifpe.errors import UserError, handled
     from tmifpe.models.spec import ModelSpecError
 
-    try:
-        ctx = _prepare(model, dataset, weights, eps, n_examples, threat_model.value, device,
-                       threads, data_dir, model_dir, out)
-        summary = _run(ctx, loss.value, budget, precision.value, targets, attack, vs_autoattack,
-                       seed, batch_size)
-    except (ModelSpecError, DatasetSpecError, ValueError, FileNotFoundError) as err:
-        raise _fail(str(err)) from None
+    # bad input: one line, exit 2; a failure while running (CUDA out of memory, a bug): one
+    # line, exit 1 (`tmifpe --debug evaluate ...` prints the traceback)
+    with handled(batch_option="--batch-size"):
+        try:
+            ctx = _prepare(model, dataset, weights, eps, n_examples, threat_model.value,
+                           device, threads, data_dir, model_dir, out)
+            summary = _run(ctx, loss.value, budget, precision.value, targets, attack,
+                           vs_autoattack, seed, batch_size)
+        except (ModelSpecError, DatasetSpecError, ValueError, FileNotFoundError) as err:
+            raise UserError(str(err)) from None
     _print_summary(summary)
 
 
@@ -396,18 +401,21 @@ def report(
 ) -> None:
     """Render reports/index.html, reports/tables.tex and reports/figures/*.pdf from existing
     aggregate results (what the DVC stage `report` does), in the current folder."""
+    from tmifpe.errors import handled
     from tmifpe.pipeline.config import ParamsError, load_params
     from tmifpe.report.build import build_report
 
     t0 = time.perf_counter()
     try:
         suite = load_params(params)
-        written = build_report(suite)
     except ParamsError as err:  # one line per problem, as the stages print it
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(str(err)) from None
+    with handled():
+        try:
+            written = build_report(suite)
+        except (ValueError, FileNotFoundError) as err:
+            raise _fail(str(err)) from None
     for path in written:
         typer.echo(str(path))
     typer.echo(f"report: {len(written)} files in {time.perf_counter() - t0:.1f} s", err=True)
