@@ -16,7 +16,6 @@ its own, not something a test can bring up quickly and reliably here.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import repo as repo_support
 from support.suites import complete, write_params
 
 from tmifpe.dispatch.graph import FINAL_STAGES, KINDS, Kind, build_tasks, read_suite
@@ -56,44 +56,26 @@ TASKS = {"data@digits", "model@digits_std", "attack@digits_std-ce-10",
 KILLED = "attack@digits_std-tmifpe-10"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONHASHSEED"] = "0"
-    env["PYTHONPATH"] = ""  # the copied repo's own package, not this checkout's
-    env.pop("TMIFPE_RUN_LOG", None)
-    return env
-
-
 def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=repo, env=_env(), text=True, capture_output=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return repo_support.run(repo, *args, check=check)
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run(repo, sys.executable, "-m", "dvc", *args)
+    return repo_support.dvc(repo, *args)
+
+
+_env = repo_support.env
 
 
 DISPATCH = (sys.executable, "-m", "tmifpe.dispatch")
 
 
 def _make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for name in ("tmifpe", "stages"):
-        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, path / name)
+    repo_support.copy_project(path, ("tmifpe", "stages"), ("dvc.yaml", ".dvcignore"))
     (path / ".gitignore").write_text("__pycache__/\n/.tmifpe-work/\n")
     write_params(path / "params.yaml", GRID)
-    _run(path, "git", "init", "-q")
-    _run(path, "git", "config", "user.email", "ci@example.invalid")
-    _run(path, "git", "config", "user.name", "ci")
-    _dvc(path, "init", "-q")
-    _dvc(path, "config", "core.analytics", "false")
-    _run(path, "git", "add", "-A")
-    _run(path, "git", "commit", "-qm", "tiny grid")
+    repo_support.init_repo(path)
+    repo_support.commit_all(path, "tiny grid")
     return path
 
 

@@ -20,19 +20,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from tmifpe.dispatch.status import pid_alive
 from tmifpe.errors import UserError
 
 LOCK = "run.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner(lock: Path) -> dict[str, object]:
@@ -52,7 +43,7 @@ def acquire(work: Path) -> Path:
         except FileExistsError:
             owner = _owner(lock)
             pid, host = owner.get("pid"), owner.get("host")
-            if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
                 shutil.rmtree(lock, ignore_errors=True)  # its run died: stale
                 continue
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(

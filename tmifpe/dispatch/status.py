@@ -43,10 +43,11 @@ def running(run_log: Path) -> set[str]:
             live[key] = r["stage"]
         else:
             live.pop(key, None)
-    return {stage for (stage, pid) in live if _alive(pid)}
+    return {stage for (stage, pid) in live if pid_alive(pid)}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with ``pid`` exists on this host (possibly another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
