@@ -476,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-examples", type=int, default=None,
                     help="first N evaluation points (default: the suite's; 12 with --quick)")
     ap.add_argument("--models", nargs="+", default=[STD, AT])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: the suite's `threads`)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -483,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
         ap.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
     suite = load_params(args.params)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
+        suite = suite.model_copy(update={"threads": args.threads})
     unknown = [m for m in args.models if m not in (STD, AT) or m not in suite.model_zoo]
     if unknown:
         ap.error(f"--models: {unknown} not among the suite's trained models {STD}, {AT}")
