@@ -120,12 +120,20 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
-    """``compute()`` once per ``settings``: the summary is stored as JSON beside its settings."""
+class Missing(Exception):
+    """A run (or a trained model) is not in the cache and ``--cached-only`` forbids computing it."""
+
+
+def cached(path: Path, settings: dict, compute: Callable[[], dict], *,
+           offline: bool = False) -> dict:
+    """``compute()`` once per ``settings``: the summary is stored as JSON beside its settings.
+    ``offline``: raise :class:`Missing` instead of computing."""
     if path.is_file():
         doc = json.loads(path.read_text())
         if doc.get("settings") == settings:
             return doc["summary"]
+    if offline:
+        raise Missing(str(path))
     summary = compute()
     write_json({"settings": settings, "summary": summary}, path)
     return summary
@@ -141,7 +149,7 @@ def state_sha256(model: nn.Module) -> str:
 
 
 def trained(suite: SuiteParams, key: str, seed: int, x_tr: Tensor, y_tr: Tensor,
-            folder: Path) -> tuple[nn.Module, dict]:
+            folder: Path, *, offline: bool = False) -> tuple[nn.Module, dict]:
     """The model ``key`` trained with the suite's recipe and ``seed`` (cached in ``folder``)."""
     params = suite.model_zoo[key]
     _, ds = suite.dataset_of(key)
@@ -154,6 +162,8 @@ def trained(suite: SuiteParams, key: str, seed: int, x_tr: Tensor, y_tr: Tensor,
             model = build_small_cnn(params, ds.source)
             model.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
             return model.float().eval(), doc["summary"]
+    if offline:
+        raise Missing(str(ckpt))
     t0 = time.perf_counter()
     model, history = train_recipe(params, ds.source, x_tr, y_tr, device=suite.device, seed=seed)
     wall = time.perf_counter() - t0
@@ -173,9 +183,9 @@ class Runs:
     """The attack runs of one trained replica, each computed once (:func:`cached`)."""
 
     def __init__(self, suite: SuiteParams, key: str, model: nn.Module, x: Tensor, y: Tensor,
-                 folder: Path, weights: str) -> None:
+                 folder: Path, weights: str, *, offline: bool = False) -> None:
         self.suite, self.key, self.model, self.x, self.y = suite, key, model, x, y
-        self.folder = folder
+        self.folder, self.offline = folder, offline
         self.eps = suite.dataset_of(key)[1].eps
         self.base = {"model": key, "parameters_sha256": weights, "n": int(y.shape[0]),
                      "eps": self.eps, "torch": torch.__version__, "threads": suite.threads}
@@ -189,7 +199,7 @@ class Runs:
     def _run(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
         if name not in self.done:
             self.done[name] = cached(self.folder / f"{name}.json", {**self.base, **settings},
-                                     compute)
+                                     compute, offline=self.offline)
         return self.done[name]
 
     def pgd(self, loss: str, precision: str, budget: int, targeted: bool = False) -> dict:
@@ -430,13 +440,15 @@ def summarise(per_seed: dict[str, dict[int, dict[str, Figure]]], plan: Plan) -> 
     figures, claim_rows = [], []
     for model, by_seed in per_seed.items():
         seeds = sorted(by_seed)
+        if not seeds:
+            continue
         for name, (_, desc) in by_seed[seeds[0]].items():
             vals = {s: by_seed[s][name][0] for s in seeds}
             figures.append({"model": model, "figure": name, "description": desc,
                             "per_seed": {str(s): v for s, v in vals.items()},
                             **spread(list(vals.values()))})
     for c in claims(plan):
-        if c.model not in per_seed:
+        if not per_seed.get(c.model):
             continue
         by_seed = per_seed[c.model]
         res = {s: c.rule({k: v for k, (v, _) in by_seed[s].items()}) for s in sorted(by_seed)}
@@ -456,7 +468,9 @@ def print_tables(console: Console, figures: list, claim_rows: list, seeds: list[
                      no_wrap=True)
     for f in figures:
         sd = "—" if f["sd"] is None else f"{f['sd']:.2f}"
-        t.add_row(f["model"], f["figure"], *[f"{f['per_seed'][str(s)]:.2f}" for s in seeds],
+        per = f["per_seed"]
+        t.add_row(f["model"], f["figure"],
+                  *[f"{per[str(s)]:.2f}" if str(s) in per else "—" for s in seeds],
                   f"{f['mean']:.2f}", sd, f"{f['min']:.2f}", f"{f['max']:.2f}")
     console.print(t)
     c = Table(title="Claims per seed")
@@ -476,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-examples", type=int, default=None,
                     help="first N evaluation points (default: the suite's; 12 with --quick)")
     ap.add_argument("--models", nargs="+", default=[STD, AT])
+    ap.add_argument("--cached-only", action="store_true",
+                    help="compute nothing: report the (model, seed) pairs whose runs are all "
+                         "cached (e.g. filled by parallel invocations), list the others")
+    ap.add_argument("--started-at", type=float, default=None,
+                    help="unix time the run began (its first invocation, when parallel "
+                         "invocations filled the cache): recorded as run_wall_time_s")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: the suite's `threads`)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -512,18 +532,25 @@ def main(argv: list[str] | None = None) -> int:
         x, y = tensors["x_test"][:n], tensors["y_test"][:n]
         mode = f"{'quick' if args.quick else 'full'}-n{n}"
         models_out[key] = {"recipe": suite.model_zoo[key].model_dump(mode="json"),
-                           "dataset": ds_key, "n_examples": n, "seeds": {}}
+                           "dataset": ds_key, "n_examples": n, "seeds": {}, "missing_seeds": []}
         per_seed[key] = {}
         for seed in args.seeds:
             folder = args.work / key / f"seed{seed}"
             console.log(f"{key} seed {seed}: training")
-            model, train = trained(suite, key, seed, tensors["x_train"], tensors["y_train"], folder)
-            with torch.no_grad():
-                pred = PrecisionModel(model, Precision.FP32)(x).argmax(dim=1)
-            clean = 100 * float((pred == y).double().mean())
-            runs = Runs(suite, key, model, x, y, folder / mode, train["parameters_sha256"])
-            console.log(f"{key} seed {seed}: attacks")
-            figs = (std_figures if key == STD else at_figures)(runs, plan, clean)
+            try:
+                model, train = trained(suite, key, seed, tensors["x_train"], tensors["y_train"],
+                                       folder, offline=args.cached_only)
+                with torch.no_grad():
+                    pred = PrecisionModel(model, Precision.FP32)(x).argmax(dim=1)
+                clean = 100 * float((pred == y).double().mean())
+                runs = Runs(suite, key, model, x, y, folder / mode, train["parameters_sha256"],
+                            offline=args.cached_only)
+                console.log(f"{key} seed {seed}: attacks")
+                figs = (std_figures if key == STD else at_figures)(runs, plan, clean)
+            except Missing as missing:
+                console.log(f"{key} seed {seed}: not cached ({missing}); left out")
+                models_out[key]["missing_seeds"].append(seed)
+                continue
             per_seed[key][seed] = figs
             compute_s += runs.wall + train["train_time_s"]
             models_out[key]["seeds"][str(seed)] = {
@@ -539,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         "units": "*_pct: percent of the evaluation points; *_pts: percentage points",
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "compute_time_s": round(compute_s, 1),
+        "run_wall_time_s": None if args.started_at is None
+        else round(time.time() - args.started_at, 1),
+        "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()],
         "models": models_out, "figures": figures, "claims": claim_rows,
     }
     write_json(report, args.out)

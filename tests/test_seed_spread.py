@@ -67,6 +67,16 @@ def test_spread_and_claims_from_per_seed_values():
     assert claim.rule(figs[1]) == (False, 0.0)
 
 
+def test_cached_only_raises_missing(tmp_path):
+    bench = _bench()
+    with pytest.raises(bench.Missing):
+        bench.cached(tmp_path / "run.json", {"a": 1}, lambda: {"x": 1}, offline=True)
+    assert bench.cached(tmp_path / "run.json", {"a": 1}, lambda: {"x": 1}) == {"x": 1}
+    assert bench.cached(tmp_path / "run.json", {"a": 1}, lambda: {"x": 2}, offline=True) == {"x": 1}
+    with pytest.raises(bench.Missing):  # other settings: the cached summary does not apply
+        bench.cached(tmp_path / "run.json", {"a": 2}, lambda: {"x": 1}, offline=True)
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, dict, str]:
     tmp = tmp_path_factory.mktemp("seed_spread")
@@ -82,6 +92,7 @@ def quick(tmp_path_factory) -> tuple[dict, dict, str]:
             first.stdout)
 
 
+@pytest.mark.slow  # two subprocess runs that train two models (< 60 s idle)
 def test_quick_run_structure(quick):
     report, _, stdout = quick
     assert report["mode"] == "quick" and report["seeds"] == [0, 1]
@@ -100,6 +111,7 @@ def test_quick_run_structure(quick):
     assert "Headline figures across seeds" in stdout and "Claims per seed" in stdout
 
 
+@pytest.mark.slow  # two subprocess runs that train two models (< 60 s idle)
 def test_quick_run_stats_come_from_per_seed_values(quick):
     report, _, _ = quick
     seeds = report["models"]["digits_std"]["seeds"]
@@ -117,6 +129,7 @@ def test_quick_run_stats_come_from_per_seed_values(quick):
         assert c["margin_max"] == max(per[s]["margin"] for s in per)
 
 
+@pytest.mark.slow  # two subprocess runs that train two models (< 60 s idle)
 def test_quick_rerun_resumes_from_cache(quick):
     first, again, _ = quick
     assert again["figures"] == first["figures"] and again["claims"] == first["claims"]
