@@ -297,9 +297,9 @@ def fast_figures(runs: Runs) -> dict[str, Figure]:
     }
 
 
-def std_figures(runs: Runs, plan: Plan, clean: float) -> dict[str, Figure]:
+def std_pgd_figures(runs: Runs, plan: Plan) -> dict[str, Figure]:
     b = plan.std_budget
-    out: dict[str, Figure] = {"clean_acc_pct": (clean, "clean accuracy (%)")}
+    out: dict[str, Figure] = {}
     for loss in ("ce", "mifpe", "tmifpe"):
         for p in PRECISIONS:
             run = runs.pgd(loss, p, b)
@@ -312,16 +312,18 @@ def std_figures(runs: Runs, plan: Plan, clean: float) -> dict[str, Figure]:
         vals = [out[f"{loss}_u_b{b}_{p}_pct"][0] for p in PRECISIONS]
         out[f"{loss}_u_b{b}_min_pct"] = (min(vals), f"{loss} b{b}: lowest over precisions (%)")
         out[f"{loss}_u_b{b}_max_pct"] = (max(vals), f"{loss} b{b}: highest over precisions (%)")
-    aa = runs.autoattack()
-    out["aa_robust_pct"] = (_pct(aa), "AutoAttack (standard) robust acc (%)")
-    out["aa_passes_per_point"] = (aa["passes_per_point"], "AutoAttack passes per point")
-    out.update(fast_figures(runs))
     return out
 
 
-def at_figures(runs: Runs, plan: Plan, clean: float) -> dict[str, Figure]:
+def aa_figures(runs: Runs, plan: Plan) -> dict[str, Figure]:
+    aa = runs.autoattack()
+    return {"aa_robust_pct": (_pct(aa), "AutoAttack (standard) robust acc (%)"),
+            "aa_passes_per_point": (aa["passes_per_point"], "AutoAttack passes per point")}
+
+
+def at_pgd_figures(runs: Runs, plan: Plan) -> dict[str, Figure]:
     top = plan.at_top
-    out: dict[str, Figure] = {"clean_acc_pct": (clean, "clean accuracy (%)")}
+    out: dict[str, Figure] = {}
     for loss in ("ce", "cw", "dlr", "mifpe", "tmifpe"):
         out[f"{loss}_u_b{top}_fp32_pct"] = (_pct(runs.pgd(loss, "fp32", top)),
                                             f"untargeted {loss} b{top} fp32 robust (%)")
@@ -330,9 +332,12 @@ def at_figures(runs: Runs, plan: Plan, clean: float) -> dict[str, Figure]:
         out[f"ce_u_b{b}_fp32_pct"] = (ce, f"untargeted ce b{b} fp32 robust (%)")
         out[f"tmifpe_u_b{b}_fp32_pct"] = (tm, f"untargeted tmifpe b{b} fp32 robust (%)")
         out[f"ce_minus_tmifpe_b{b}_pts"] = (ce - tm, f"CE − T-MIFPE, untargeted b{b} (points)")
+    return out
+
+
+def at_vs_aa_figures(runs: Runs, plan: Plan) -> dict[str, Figure]:
+    out: dict[str, Figure] = {}
     aa = runs.autoattack()
-    out["aa_robust_pct"] = (_pct(aa), "AutoAttack (standard) robust acc (%)")
-    out["aa_passes_per_point"] = (aa["passes_per_point"], "AutoAttack passes per point")
     for loss, b in (("mifpe", plan.targeted_mifpe), ("tmifpe", plan.targeted_tmifpe)):
         run = runs.pgd(loss, "fp32", b, targeted=True)
         name = f"{loss}_t_b{b}_fp32"
@@ -348,8 +353,18 @@ def at_figures(runs: Runs, plan: Plan, clean: float) -> dict[str, Figure]:
             robust &= torch.tensor(runs.pgd(loss, "fp32", w, targeted)["robust"], dtype=torch.bool)
     out[f"worst10_b{w}_fp32_pct"] = (100 * float(robust.float().mean()),
                                      f"worst case over the ten PGD attacks, b{w} fp32 (%)")
-    out.update(fast_figures(runs))
     return out
+
+
+def fast_block(runs: Runs, plan: Plan) -> dict[str, Figure]:
+    return fast_figures(runs)
+
+
+# figure blocks per model, in order (cheap first); a block is left out if a run is missing
+BLOCKS: dict[str, tuple[Callable[[Runs, Plan], dict[str, Figure]], ...]] = {
+    STD: (std_pgd_figures, aa_figures, fast_block),
+    AT: (at_pgd_figures, aa_figures, at_vs_aa_figures, fast_block),
+}
 
 
 # --- claims --------------------------------------------------------------------------------------
@@ -439,11 +454,11 @@ def spread(values: list[float]) -> dict[str, float | None]:
 def summarise(per_seed: dict[str, dict[int, dict[str, Figure]]], plan: Plan) -> tuple[list, list]:
     figures, claim_rows = [], []
     for model, by_seed in per_seed.items():
-        seeds = sorted(by_seed)
-        if not seeds:
-            continue
-        for name, (_, desc) in by_seed[seeds[0]].items():
-            vals = {s: by_seed[s][name][0] for s in seeds}
+        names: dict[str, str] = {}  # figure -> description, in first-seen order
+        for s in sorted(by_seed):
+            names.update({k: d for k, (_, d) in by_seed[s].items() if k not in names})
+        for name, desc in names.items():
+            vals = {s: by_seed[s][name][0] for s in sorted(by_seed) if name in by_seed[s]}
             figures.append({"model": model, "figure": name, "description": desc,
                             "per_seed": {str(s): v for s, v in vals.items()},
                             **spread(list(vals.values()))})
@@ -451,7 +466,14 @@ def summarise(per_seed: dict[str, dict[int, dict[str, Figure]]], plan: Plan) -> 
         if not per_seed.get(c.model):
             continue
         by_seed = per_seed[c.model]
-        res = {s: c.rule({k: v for k, (v, _) in by_seed[s].items()}) for s in sorted(by_seed)}
+        res = {}
+        for s in sorted(by_seed):
+            try:
+                res[s] = c.rule({k: v for k, (v, _) in by_seed[s].items()})
+            except KeyError:  # a figure of this seed is missing (--cached-only)
+                continue
+        if not res:
+            continue
         margins = [m for _, m in res.values()]
         claim_rows.append({
             "id": c.id, "model": c.model, "statement": c.statement, "margin_meaning": c.margin,
@@ -546,7 +568,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs = Runs(suite, key, model, x, y, folder / mode, train["parameters_sha256"],
                             offline=args.cached_only)
                 console.log(f"{key} seed {seed}: attacks")
-                figs = (std_figures if key == STD else at_figures)(runs, plan, clean)
+                figs: dict[str, Figure] = {"clean_acc_pct": (clean, "clean accuracy (%)")}
+                for block in BLOCKS[key]:
+                    try:
+                        figs.update(block(runs, plan))
+                    except Missing as missing:  # only with --cached-only
+                        console.log(f"{key} seed {seed}: a block left out ({missing})")
+                        left = models_out[key].setdefault("incomplete_seeds", {})
+                        left.setdefault(str(seed), []).append(block.__name__)
             except Missing as missing:
                 console.log(f"{key} seed {seed}: not cached ({missing}); left out")
                 models_out[key]["missing_seeds"].append(seed)
