@@ -16,16 +16,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 import tmifpe
 from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_tensors
 from tmifpe.models.zoo import build_small_cnn, load_model, trained_checkpoint
+from tmifpe.params import ModelParams
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import resolve_device
 from tmifpe.storage import sha256_path, write_json
+
+
+def train_recipe(
+    params: ModelParams, dataset_source: str, x_train: Tensor, y_train: Tensor, *,
+    device: torch.device | str = "cpu", seed: int | None = None,
+) -> tuple[nn.Module, list[float]]:
+    """A ``trained`` model's recipe: seeded initial weights, then :func:`train_model`; returns
+    (model in eval mode on the CPU, mean training loss per epoch). ``seed`` overrides the
+    recipe's ``params.seed`` (independently trained replicas, benchmarks/seed_spread.py)."""
+    if params.source != "trained":
+        raise ValueError(f"model source {params.source!r} has no training recipe (need 'trained')")
+    seed = params.seed if seed is None else seed
+    assert seed is not None  # guaranteed by ModelParams validation for trained models
+    torch.manual_seed(seed)  # the initial weights are part of the seeded result
+    model = build_small_cnn(params, dataset_source)
+    cfg = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                      seed=seed, adv_eps=params.adv_eps, adv_steps=params.adv_steps)
+    history = train_model(model, x_train, y_train, cfg, device=device)
+    return model, history
 
 
 def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -40,12 +61,8 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
     if params.source == "trained":
         if "x_train" not in tensors:
             raise ValueError(f"dataset {ds_key!r} has no training split to train {key!r} on")
-        torch.manual_seed(params.seed)  # the initial weights are part of the seeded result
-        model = build_small_cnn(params, ds.source)
-        cfg = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                          seed=params.seed, adv_eps=params.adv_eps, adv_steps=params.adv_steps)
-        history = train_model(model, tensors["x_train"], tensors["y_train"], cfg,
-                              device=resolve_device(suite.device))
+        model, history = train_recipe(params, ds.source, tensors["x_train"], tensors["y_train"],
+                                      device=resolve_device(suite.device))
         ckpt = trained_checkpoint(key)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_name(f".{ckpt.name}.tmp")
