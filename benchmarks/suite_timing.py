@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,6 +51,10 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 STAGES = ("data", "model", "attack", "autoattack", "diagnostics", "ablations", "fast",
           "aggregate", "report")
 # precisions not (yet) known to this package: predicted at the cost of this one
+# On a shared machine wall times overstate; CPU time (user+sys) of the measured work does not
+# depend on other processes' load, and bounds an unloaded run's wall time from above when the
+# work keeps at most one core busy (stage start-up) and from below x threads otherwise.
+CPU_CLOCK = True
 COST_PROXY = {"amp-fp16": "fp16", "amp-bf16": "bf16"}
 
 
@@ -137,7 +142,9 @@ def attack_worker(args: argparse.Namespace) -> dict[str, Any]:
             for name, pp in suite.precisions.items():
                 prec = Precision(name)
                 for n_targets in (0, pp.n_targets or 3):
+                    cpu0 = time.process_time()
                     unit = run_unit(models, settings, prec, x, y, n_targets=n_targets, batch=0)
+                    cpu = time.process_time() - cpu0  # incl. the verdict: load-independent
                     runs = max(int(unit["n_targets"]), 1)
                     attacked = int(unit["n_attacked"])
                     steps = attacked * args.budget * ap.restarts * runs
@@ -148,6 +155,8 @@ def attack_worker(args: argparse.Namespace) -> dict[str, Any]:
                         "runs": runs, "points": attacked, "budget": args.budget,
                         "wall_s": round(wall, 4),
                         "s_per_point_step": wall / steps if steps else None,
+                        "cpu_s": round(cpu, 4),
+                        "cpu_s_per_point_step": cpu / steps if steps else None,
                         "n_forward": int(unit["n_forward"].sum()),
                     })
     return {"cpu": cpu_flags(), "conv_bf16_over_fp32": round(_conv_ratio(suite.threads), 2),
@@ -167,13 +176,19 @@ def run_worker(emulate: bool, args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- (b) fixed cost per stage
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _wall(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
-    t0 = time.perf_counter()
+    """CPU seconds (user+sys) of the command's processes if ``CPU_CLOCK`` else wall seconds."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return wall
+    return cpu if CPU_CLOCK else wall
 
 
 def _median(cmd: list[str], repeats: int, env: dict[str, str]) -> float:
@@ -190,7 +205,7 @@ def fixed_costs(args: argparse.Namespace) -> dict[str, Any]:
     suite = load_params(ROOT / "params.yaml")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": str(suite.hash_seed)}
     py = sys.executable
-    out: dict[str, Any] = {"repeats": args.repeats}
+    out: dict[str, Any] = {"repeats": args.repeats, "clock": "cpu" if CPU_CLOCK else "wall"}
     out["interpreter_s"] = round(_median([py, "-c", "pass"], args.repeats, env), 3)
     out["import_s"] = {s: round(_median([py, "-c", f"import stages.{s}"], args.repeats, env), 3)
                        for s in STAGES}
@@ -281,8 +296,8 @@ def other_stages(run_log: Path | None) -> dict[str, Any] | None:
 
 def predict(suite: Any, measured: dict[str, Any], fixed: dict[str, Any],
             others: dict[str, Any] | None, n_points: dict[str, int]) -> dict[str, Any]:
-    cost = {(r["model"], r["precision"], r["kind"]): r["s_per_point_step"]
-            for r in measured["rows"]}
+    key = "cpu_s_per_point_step" if CPU_CLOCK else "s_per_point_step"
+    cost = {(r["model"], r["precision"], r["kind"]): r[key] for r in measured["rows"]}
     attack = 0.0
     by_prec: dict[str, float] = {}
     for u in _grid_steps(suite, n_points):
@@ -293,7 +308,10 @@ def predict(suite: Any, measured: dict[str, Any], fixed: dict[str, Any],
     n_stages = stage_count(suite)
     per_stage = (fixed.get("stage_fixed_s") or 0.0) + (fixed.get("dvc_overhead_s") or 0.0)
     other = sum(v for k, v in (others or {}).items() if k != "attack")
-    return {"attack_compute_s": round(attack, 1),
+    return {"clock": "cpu (user+sys; an upper bound of an unloaded 2-core wall time for the "
+                     "attack compute, which uses up to suite.threads cores)" if CPU_CLOCK
+            else "wall",
+            "attack_compute_s": round(attack, 1),
             "attack_compute_by_precision_s": {k: round(v, 1) for k, v in by_prec.items()},
             "n_stages": n_stages, "fixed_per_stage_s": round(per_stage, 2),
             "fixed_total_s": round(n_stages * per_stage, 1),
@@ -316,6 +334,8 @@ def main() -> None:
     ap.add_argument("--no-dvc", dest="dvc", action="store_false")
     ap.add_argument("--no-fixed", dest="fixed", action="store_false")
     ap.add_argument("--run-log", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="take the measurements from this earlier JSON; predict for params.yaml")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/suite_timing.json")
     args = ap.parse_args()
     args.points = args.points or (16 if args.quick else 120)
@@ -333,10 +353,15 @@ def main() -> None:
 
     suite = load_params(ROOT / "params.yaml")
     n_points = {m: suite.dataset_of(m)[1].n_examples for m in suite.models}
-    modes = {"native": run_worker(False, args)}
-    if args.emulation:
-        modes["avx2_emulated"] = run_worker(True, args)
-    fixed = fixed_costs(args) if args.fixed else {}
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        modes, fixed = old["modes"], old["fixed_cost"]
+        args.points, args.budget, args.loss = old["points"], old["budget"], old["loss"]
+    else:
+        modes = {"native": run_worker(False, args)}
+        if args.emulation:
+            modes["avx2_emulated"] = run_worker(True, args)
+        fixed = fixed_costs(args) if args.fixed else {}
     others = other_stages(args.run_log)
     report = {
         "benchmark": "suite_timing", "mode": "quick" if args.quick else "full",
@@ -344,7 +369,8 @@ def main() -> None:
         "suite": suite.name, "threads": suite.threads, "loss": args.loss,
         "points": args.points, "budget": args.budget,
         "load_average": list(os.getloadavg()), "logical_cores": os.cpu_count(),
-        "emulation": {"avx2_emulated": AVX2_ENV} if args.emulation else {},
+        "emulation": {m: AVX2_ENV for m in modes if m != "native"},
+        "measured_in": str(args.reuse) if args.reuse else None,
         "environment": environment("cpu"), "cpu": cpu_flags(),
         "modes": modes, "fixed_cost": fixed, "other_stages_compute_s": others,
         "prediction": {m: predict(suite, r, fixed, others, n_points) for m, r in modes.items()},
@@ -353,12 +379,12 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     con = Console()
-    table = Table(title=f"attack cost, µs per budgeted point-step ({args.loss}, budget "
+    table = Table(title=f"attack cost, CPU µs per budgeted point-step ({args.loss}, budget "
                         f"{args.budget}, {args.points} points, {suite.threads} threads)")
     for col in ("model", "precision", "kind", *modes):
         table.add_column(col)
     for i, r in enumerate(modes["native"]["rows"]):
-        vals = [m["rows"][i]["s_per_point_step"] for m in modes.values()]
+        vals = [m["rows"][i]["cpu_s_per_point_step"] for m in modes.values()]
         table.add_row(r["model"], r["precision"], r["kind"],
                       *(f"{v * 1e6:.1f}" if v else "-" for v in vals))
     con.print(table)
@@ -369,7 +395,7 @@ def main() -> None:
               f"({', '.join(report['cpu']['bf16_flags']) or 'no avx512_bf16/amx_bf16'})")
     con.print({"fixed_cost": fixed})
     for name, p in report["prediction"].items():
-        con.print(f"predicted cold repro [{name}]: {p['cold_repro_s']} s "
+        con.print(f"predicted cold repro ({name}): {p['cold_repro_s']} s "
                   f"(attack {p['attack_compute_s']} s, {p['n_stages']} stages × "
                   f"{p['fixed_per_stage_s']} s fixed, other stages "
                   f"{p['other_stages_compute_s']} s; complete={p['complete']})")
