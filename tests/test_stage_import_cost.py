@@ -35,3 +35,15 @@ def test_stage_imports_stay_light(stage: str) -> None:
     assert got["state"] == [True, True]  # the contract still holds inside numerics
     assert got["after"] is False  # and is restored after it
     assert got["loaded"] == []
+
+
+def test_hash_seed_reexec_happens_before_torch_is_imported() -> None:
+    """Started without PYTHONHASHSEED (plain `dvc repro`), a stage re-executes itself with
+    suite.hash_seed before importing torch: torch is imported once, not once per process image."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run([sys.executable, "-m", "stages.data", "--dataset", "no_such_dataset"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]  # the one-line error of a bad dataset key
+    torch_imports = [ln for ln in proc.stderr.splitlines()
+                     if ln.startswith("import time:") and ln.split("|")[-1].strip() == "torch"]
+    assert len(torch_imports) == 1
