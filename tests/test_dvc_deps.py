@@ -192,11 +192,11 @@ def test_editing_the_tstar_solver(repo: Path) -> None:
 @slow
 def test_fp64_cap_reruns_only_cells_whose_budget_crosses_it(repo: Path) -> None:
     suite = _two_dataset_suite()
-    assert suite["precisions"]["fp64"]["max_budget"] == 50
-    suite["precisions"]["fp64"]["max_budget"] = 20  # budget 50 loses fp64; 10, 20, 100 unchanged
+    assert suite["precisions"]["fp64"]["max_budget"] == 20
+    suite["precisions"]["fp64"]["max_budget"] = 10  # budget 20 loses fp64; 10 and 50 unchanged
     with edited(repo, "params.yaml"):
         write_suite(repo, suite)
-        assert changed(repo) == cells(budget=50)
+        assert changed(repo) == cells(budget=20)
 
 
 def _queued_params(repo: Path, name: str, *overrides: str) -> dict:
@@ -223,14 +223,14 @@ def _queued_params(repo: Path, name: str, *overrides: str) -> dict:
 
 @slow
 def test_exp_run_set_param_composes_and_changes_only_its_cells(repo: Path) -> None:
-    doc = _queued_params(repo, "cap20", "suite.precisions.fp64.max_budget=20")
-    assert doc["suite"]["precisions"]["fp64"]["max_budget"] == 20
-    assert list(doc["grid"]["precisions"]["b50"]) == ["bf16", "fp32"]
+    doc = _queued_params(repo, "cap10", "suite.precisions.fp64.max_budget=10")
+    assert doc["suite"]["precisions"]["fp64"]["max_budget"] == 10
+    assert list(doc["grid"]["precisions"]["b20"]) == ["fp16", "bf16", "fp32"]
     with edited(repo, "params.yaml", yaml.safe_dump(doc, sort_keys=False)):
         diff = json.loads(_dvc(repo, "params", "diff", "--json"))["params.yaml"]
         assert [k for k in diff if k.startswith("suite.")] == ["suite.precisions.fp64.max_budget"]
-        assert all(k.startswith("grid.precisions.b50.fp64") for k in diff if k.startswith("grid"))
-        assert changed(repo) == cells(budget=50)
+        assert all(k.startswith("grid.precisions.b20.fp64") for k in diff if k.startswith("grid"))
+        assert changed(repo) == cells(budget=20)
 
 
 @slow
