@@ -33,7 +33,7 @@ def digits() -> tuple[nn.Module, Tensor, Tensor]:
     return model.eval(), s.x_test[:N], s.y_test[:N]
 
 
-def robust_count(res, y: Tensor) -> int:  # noqa: ANN001
+def robust_count(res, y: Tensor) -> int:
     return int((res.clean_correct & ~res.verdict.broken(y)).sum())
 
 
