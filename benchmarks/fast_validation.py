@@ -271,13 +271,54 @@ def score(key: str, role: str, eps: float, frame: pl.DataFrame, wall: float, aa:
     }
 
 
+def markdown(doc: dict) -> str:
+    """The per-model table, the loss ablation and the component table of a written result, as
+    Markdown (what README.md and docs/fast.md quote)."""
+    out = ["| model | role | eps | points | fast robust % | AA robust % | gap (pts) [95% CI] | "
+           "passes/pt fast / AA | pass ratio [95% CI] | fwd-eq ratio | time ratio | missed "
+           "(AA attack) | escalated |", "|" + "---|" * 13]
+    for r in sorted(doc["models"], key=lambda r: (r["role"] != "validation", r["model"])):
+        missed = ", ".join(f"#{m['example']} ({m['aa_broken_by']})" for m in r["missed"]) or "0"
+        out.append(
+            f"| {r['model']} | {r['role']} | {r['eps']:g} | {r['n']} | "
+            f"{100 * r['robust_acc']:.2f} | {100 * r['aa_robust_acc']:.2f} | "
+            f"{r['gap_vs_aa_pts']:+.2f} [{r['gap_ci_low']:+.2f}, {r['gap_ci_high']:+.2f}] | "
+            f"{r['passes_per_point']:.1f} / {r['aa_passes_per_point']:.1f} | "
+            f"{r['pass_ratio']:.4f} [{r['pass_ratio_ci_low']:.4f}, "
+            f"{r['pass_ratio_ci_high']:.4f}] | {r['fwd_eq_ratio']:.4f} | {r['time_ratio']:.3f} | "
+            f"{missed} | {r['n_escalated']} |")
+    out += ["", "| loss | model | role | robust % | AA % | gap (pts) | pass ratio | missed |",
+            "|" + "---|" * 8]
+    for r in doc["loss_ablation"]:
+        out.append(f"| {r['loss']} | {r['model']} | {r['role']} | {100 * r['robust_acc']:.2f} | "
+                   f"{100 * r['aa_robust_acc']:.2f} | {r['gap_vs_aa_pts']:+.2f} | "
+                   f"{r['pass_ratio']:.4f} | {r['n_missed']} |")
+    out += ["", "| component | " + " | ".join(sorted({r["model"] for r in
+                                                     doc["components_on_tuning_models"]})) + " |"]
+    models = sorted({r["model"] for r in doc["components_on_tuning_models"]})
+    out.append("|" + "---|" * (len(models) + 1))
+    by = {(r["component"], r["model"]): r for r in doc["components_on_tuning_models"]}
+    for c in dict.fromkeys(r["component"] for r in doc["components_on_tuning_models"]):
+        cells = [f"{100 * by[c, m]['robust_acc']:.2f} % ({by[c, m]['passes_per_point']:.0f} p)"
+                 for m in models]
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+    aa_acc = {r["model"]: r["aa_robust_acc"] for r in doc["components_on_tuning_models"]}
+    out.append("| AutoAttack | " + " | ".join(f"{100 * aa_acc[m]:.2f} %" for m in models) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", type=Path, default=PROTOCOL)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the tables of the written --out JSON as Markdown (no run)")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     sha = check_protocol(args.protocol, args.work, args.fresh)
     proto = json.loads(args.protocol.read_text())
     torch.set_num_threads(proto["threads"])
