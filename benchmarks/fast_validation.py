@@ -86,10 +86,13 @@ def check_protocol(path: Path, work: Path, fresh: bool) -> str:
 
 # ---------------------------------------------------------------- per-model cached runs
 def autoattack(key: str, model: nn.Module, x: Tensor, y: Tensor, eps: float, proto: dict,
-               work: Path) -> tuple[pl.DataFrame, float, bool]:
-    """AA frame, wall seconds, whether from the cache (of an earlier process)."""
+               work: Path, wait: bool = False) -> tuple[pl.DataFrame, float, bool]:
+    """AA frame, wall seconds, whether from the cache (of an earlier process). ``wait``: poll
+    for the cache another process of this benchmark is filling instead of running AA here."""
     pq, meta = work / "aa" / f"{key}.parquet", work / "aa" / f"{key}.json"
     spec = {"eps": eps, **proto["autoattack"], "n": int(y.shape[0])}
+    while wait and not (pq.exists() and meta.exists()):
+        time.sleep(20)
     if pq.exists() and meta.exists() and json.loads(meta.read_text())["spec"] == spec:
         return pl.read_parquet(pq), json.loads(meta.read_text())["wall_time_s"], True
     cfg = AAConfig(eps=eps, seed=proto["autoattack"]["seed"],
@@ -313,6 +316,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--wait-aa", action="store_true",
+                    help="wait for AutoAttack caches filled by other processes of this script")
     ap.add_argument("--markdown", action="store_true",
                     help="print the tables of the written --out JSON as Markdown (no run)")
     args = ap.parse_args()
@@ -327,9 +332,9 @@ def main() -> None:
     x, y = data["x_test"][:n], data["y_test"][:n]
     models = {k: load_or_train(k, s["train"], data, args.work) for k, s in
               proto["models"].items()}
-    aa = {k: autoattack(k, models[k], x, y, s["eps"], proto, args.work)
-          for k, s in proto["models"].items()}
     tuning = [k for k, s in proto["models"].items() if s["role"] == "tuning"]
+    aa = {k: autoattack(k, models[k], x, y, proto["models"][k]["eps"], proto, args.work,
+                        args.wait_aa) for k in tuning}
     comp = {k: {name: component(k, name, c, models[k], x, y, proto["models"][k]["eps"], proto,
                                 args.work)
                 for name, c in proto["components"].items()} for k in tuning}
@@ -343,19 +348,26 @@ def main() -> None:
     print("selected:", chosen, flush=True)
     phases = tuple(phase_of(proto["components"][c]) for c in chosen)
     rows, ablation = [], []
-    for k, s in proto["models"].items():
+    frames = {k: run_preset("preset", k, preset_config(phases, s["eps"], proto), models[k], x, y,
+                            proto, args.work) for k, s in proto["models"].items()}
+    abl_cfgs = {loss: tuple(Phase(p.kind, p.steps, loss=loss, n_targets=p.n_targets,
+                                  targets=p.targets) for p in phases)
+                for loss in proto["loss_ablation"]["losses"]}
+    abl_frames = {(loss, k): run_preset("ablation", k, preset_config(ph, s["eps"], proto),
+                                        models[k], x, y, proto, args.work)
+                  for loss, ph in abl_cfgs.items() for k, s in proto["models"].items()}
+    for k, s in proto["models"].items():  # all preset runs done before waiting for AA
+        aa[k] = autoattack(k, models[k], x, y, s["eps"], proto, args.work, args.wait_aa)
         cfg = preset_config(phases, s["eps"], proto)
-        frame, wall, _ = run_preset("preset", k, cfg, models[k], x, y, proto, args.work)
+        frame, wall, _ = frames[k]
         rows.append({"preset": cfg.name, **score(k, s["role"], s["eps"], frame, wall, *aa[k],
                                                  proto["bootstrap"])})
         print(f"  {k} ({s['role']}): gap {rows[-1]['gap_vs_aa_pts']:+.2f} pts, pass ratio "
               f"{rows[-1]['pass_ratio']:.4f}", flush=True)
-    for loss in proto["loss_ablation"]["losses"]:
-        abl = tuple(Phase(p.kind, p.steps, loss=loss, n_targets=p.n_targets,
-                          targets=p.targets) for p in phases)
+    for loss, ph in abl_cfgs.items():
         for k, s in proto["models"].items():
-            cfg = preset_config(abl, s["eps"], proto)
-            frame, wall, _ = run_preset("ablation", k, cfg, models[k], x, y, proto, args.work)
+            cfg = preset_config(ph, s["eps"], proto)
+            frame, wall, _ = abl_frames[loss, k]
             r = score(k, s["role"], s["eps"], frame, wall, *aa[k], proto["bootstrap"])
             ablation.append({"loss": loss, "preset": cfg.name,
                              **{f: r[f] for f in ("model", "role", "robust_acc", "aa_robust_acc",
