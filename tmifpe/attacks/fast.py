@@ -4,14 +4,13 @@ gradient-masking guard.
 Composition (each phase only on the points still robust after the previous ones, every verdict
 re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
 
-1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) with T-MIFPE, untargeted, 50 iterations, run
-   twice (the second run, from a new random start, only on the survivors of the first);
-2. APGD with targeted T-MIFPE, 20 iterations, on 3 targets per point, one run per target,
-   each on the survivors; targets by clean logit rank (:func:`~tmifpe.attacks.pgd.attack_targets`)
-   or by MALT's linearised distance (:func:`malt_targets`), per phase;
-3. the guard: pyautoattack's Square attack (gradient-free, public class
+1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) phases with T-MIFPE (``PRESET_PHASES``:
+   untargeted 20 iterations; targeted 20 on the nearest class by MALT's linearised distance
+   (:func:`malt_targets`); untargeted 50 from a new random start; targeted 20 on the clean
+   runner-up class (:func:`~tmifpe.attacks.pgd.attack_targets`)), each on the survivors;
+2. the guard: pyautoattack's Square attack (gradient-free, public class
    ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors;
-4. escalation (the guard acts): the survivors the flags point at get Square's full budget
+3. escalation (the guard acts): the survivors the flags point at get Square's full budget
    (``escalate_queries``, AutoAttack's 5000): every survivor of a batch where the guard broke a
    point the gradient phases missed, and each survivor whose gradient steps were mostly zero
    (``zero_grad_steps`` ≥ ``ESCALATE_ZERO_FRACTION`` of its backward passes) or non-finite.
@@ -149,10 +148,13 @@ class Phase:
         return Progress.MARGIN if parse_loss(self.loss) in SCALED_LOSSES else Progress.LOSS
 
 
-# The preset (docs/fast.md: measured on the tuning split, benchmarks/fast_preset.py).
+# The preset: selected by the committed protocol benchmarks/fast_protocol.json on its tuning
+# models (greedy gain per pass; benchmarks/fast_validation.py, docs/fast.md), in the order added.
 PRESET_PHASES: tuple[Phase, ...] = (
-    Phase(Kind.UNTARGETED, steps=50, restarts=2),  # the restart runs on the survivors only
-    Phase(Kind.TARGETED, steps=20, n_targets=3),
+    Phase(Kind.UNTARGETED, steps=20),
+    Phase(Kind.TARGETED, steps=20, n_targets=1, targets="malt"),
+    Phase(Kind.UNTARGETED, steps=50),  # a second random start, on the survivors
+    Phase(Kind.TARGETED, steps=20, n_targets=1, targets="rank"),
 )
 
 
