@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tmifpe.aggregate import aggregate, metrics_json, write_aggregates
-from tmifpe.aggregate.fast import fast_files
+from tmifpe.aggregate.fast import fast_files, load_validation, with_validation
 from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.grid import grid_files, leaderboard, robustbench_ids
 from tmifpe.pipeline.stage_support import run_stage
@@ -21,7 +21,8 @@ def main() -> None:
                            leaderboard=leaderboard(), model_ids=robustbench_ids(suite),
                            fast_files=fast_files(suite.models), suite=suite.name)
         write_aggregates(tables, Path("results/aggregate"))
-        write_json(metrics_json(tables), Path("results/metrics.json"))
+        write_json(with_validation(metrics_json(tables), load_validation()),
+                   Path("results/metrics.json"))  # + the validation models (docs/fast.md)
         print(f"aggregate: {len(files.cells)} attack cells, "
               f"{len(files.autoattack)} AutoAttack runs")
 

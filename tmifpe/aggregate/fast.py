@@ -156,3 +156,42 @@ def fast_metrics(table: pl.DataFrame, digits: int = 4) -> dict[tuple[str, str], 
 
 def _ratio(num: str, den: str) -> pl.Expr:
     return pl.when(pl.col(den) > 0).then(pl.col(num) / pl.col(den)).otherwise(None)
+
+
+# ------------------------------------------------------------- validation models (issue 21)
+VALIDATION_JSON = Path("benchmarks/results/fast_validation.json")
+VALIDATION_FIELDS = (
+    "role", "eps", "n", "robust_acc", "aa_robust_acc", "gap_vs_aa_pts", "gap_ci_low",
+    "gap_ci_high", "pass_ratio", "pass_ratio_ci_low", "pass_ratio_ci_high", "fwd_eq_ratio",
+    "time_ratio", "n_missed", "n_broken_fast_only", "n_escalated",
+)
+
+
+def load_validation(path: Path = VALIDATION_JSON) -> dict | None:
+    """The committed result of benchmarks/fast_validation.py, or None when absent; ValueError
+    (one line) when it lacks its ``models`` rows."""
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+        raise ValueError(f"{path}: expected an object with a 'models' list "
+                         "(benchmarks/fast_validation.py output)")
+    return doc
+
+
+def validation_metrics(doc: dict | None) -> dict[str, dict]:
+    """model -> the ``fast`` object of a validation-set model (metrics.json
+    ``fast_validation``): robust accuracy, gap vs AutoAttack (points) and pass ratio with their
+    bootstrap CI bounds, forward-equivalent and time ratios, disagreement counts."""
+    if doc is None:
+        return {}
+    return {r["model"]: {"preset": r["preset"], **{k: r[k] for k in VALIDATION_FIELDS}}
+            for r in sorted(doc["models"], key=lambda r: r["model"])}
+
+
+def with_validation(metrics: dict, doc: dict | None) -> dict:
+    """``metrics`` plus ``fast_validation`` (:func:`validation_metrics`) when ``doc`` exists."""
+    if doc is None:
+        return metrics
+    return {**metrics, "fast_validation": {"protocol_sha256": doc["protocol_sha256"],
+                                           "models": validation_metrics(doc)}}

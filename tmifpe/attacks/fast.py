@@ -4,15 +4,20 @@ gradient-masking guard.
 Composition (each phase only on the points still robust after the previous ones, every verdict
 re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
 
-1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) with T-MIFPE, untargeted, 50 iterations, run
-   twice (the second run, from a new random start, only on the survivors of the first);
-2. APGD with targeted T-MIFPE, 20 iterations, on the clean ranks 2…4
-   (:func:`~tmifpe.attacks.pgd.attack_targets`), one run per target, each on the survivors;
-3. the guard: pyautoattack's Square attack (gradient-free, public class
-   ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors.
+1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) phases with T-MIFPE (``PRESET_PHASES``:
+   untargeted 20 iterations; targeted 20 on the nearest class by MALT's linearised distance
+   (:func:`malt_targets`); untargeted 50 from a new random start; targeted 20 on the clean
+   runner-up class (:func:`~tmifpe.attacks.pgd.attack_targets`)), each on the survivors;
+2. the guard: pyautoattack's Square attack (gradient-free, public class
+   ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors;
+3. escalation (the guard acts): the survivors the flags point at get Square's full budget
+   (``escalate_queries``, AutoAttack's 5000): every survivor of a batch where the guard broke a
+   point the gradient phases missed, and each survivor whose gradient steps were mostly zero
+   (``zero_grad_steps`` ≥ ``ESCALATE_ZERO_FRACTION`` of its backward passes) or non-finite.
 
-The phase lengths, k and the guard budget are the preset's (``FastConfig``), chosen by
-measurement on a tuning split (``benchmarks/fast_preset.py``, ``docs/fast.md``). APGD's progress
+The phases are the preset's (``FastConfig``), chosen by the committed protocol
+``benchmarks/fast_protocol.json`` on tuning models and judged on other models
+(``benchmarks/fast_validation.py``, ``docs/fast.md``). APGD's progress
 measure is passed explicitly: the C&W margin for the scaled losses (MIFPE, T-MIFPE), the loss for
 the others [APGD paper; see :mod:`tmifpe.attacks.apgd`].
 
@@ -21,7 +26,10 @@ forward + backward passes of the gradient phases (as counted by the engines) + S
 (forward passes, attributed to examples like the AA runner does, via
 :func:`tmifpe.attacks.autoattack.match_rows`) + one fp32 verification forward per phase
 an example took part in (the AA runner counts its verification forward after each attack too).
-The clean pass is not counted (neither side counts it).
+The clean pass is not counted (neither side counts it). MALT target selection costs one forward
+and K backward passes per attacked point (one input gradient per class logit), counted in
+``n_forward``/``n_backward``. :attr:`FastResult.forward_equivalents` weighs a backward as two
+forwards (the second cost column).
 
 Flags [AutoAttack's checks, per example]: gradient steps with an exactly zero input gradient,
 steps with a non-finite loss or gradient, and ``guard_broken``: a point that every gradient
@@ -31,6 +39,7 @@ Model level: ``randomized`` when two clean forward passes differ.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -42,12 +51,56 @@ from tmifpe.attacks.apgd import APGDConfig, Progress, run_apgd
 from tmifpe.attacks.autoattack import match_rows, snap_to_ball
 from tmifpe.attacks.pgd import attack_targets
 from tmifpe.attacks.runs import PGDResult, batch_seed
-from tmifpe.losses import LossName, get_loss, parse_loss
+from tmifpe.losses import LossFn, LossName, get_loss, parse_loss
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.verify import Verdict, clean_correct, in_threat_model, verify
 
 SCALED_LOSSES = (LossName.MIFPE, LossName.TMIFPE)  # APGD judges them by the margin
 GUARD = "square"  # name of the guard phase in ``broken_by``
+ESCALATED = "square-full"  # name of the escalation phase in ``broken_by``
+ESCALATE_ZERO_FRACTION = 0.1  # a point is flagged when >= 10 % of its gradient steps were zero
+TARGET_RULES = ("rank", "malt")
+PMA = "pma"  # the probability-margin loss (pma_loss), local to the preset's comparisons
+
+
+def pma_loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
+    """Probability margin [PMA, Xu et al. 2024], maximised: untargeted
+    max_{j≠y} p_j − p_y, targeted p_t − p_y, p = softmax(z). ``(N, K) -> (N,)``."""
+    p = torch.softmax(logits.float(), dim=1).to(logits.dtype)
+    p_y = p.gather(1, labels[:, None]).squeeze(1)
+    if targets is not None:
+        return p.gather(1, targets[:, None]).squeeze(1) - p_y
+    others = p.scatter(1, labels[:, None], float("-inf"))
+    return others.amax(dim=1) - p_y
+
+
+def phase_loss(name: str, tstar_rule: str) -> LossFn:
+    return pma_loss if name == PMA else get_loss(name, tstar_rule=tstar_rule)
+
+
+def malt_distances(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """[MALT, Melamed et al. 2024] Linearised l∞ distance to each class's boundary at the clean
+    point: d_j = (z_y − z_j) / ‖∇ₓ(z_y − z_j)‖₁ (the dual norm of l∞), +inf for j = y. ``(N, K)``;
+    one forward and K backward passes (one per logit)."""
+    xg = x.detach().clone().requires_grad_(True)
+    z = model(xg)
+    k = z.shape[1]
+    grads = torch.stack([torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j < k - 1)[0]
+                         for j in range(k)], dim=1).flatten(2)  # (N, K, D)
+    z = z.detach()
+    g_y = grads[torch.arange(x.shape[0]), y]
+    margin = z.gather(1, y[:, None]) - z
+    dual = (g_y[:, None, :] - grads).abs().sum(dim=2)
+    d = margin / (dual + 1e-12)
+    return d.scatter(1, y[:, None], float("inf"))
+
+
+def malt_targets(model: nn.Module, x: Tensor, y: Tensor, n_targets: int) -> Tensor:
+    """The ``min(n_targets, K−1)`` classes with the smallest :func:`malt_distances`, nearest
+    first. ``(N, n)``."""
+    d = malt_distances(model, x, y)
+    n = min(n_targets, d.shape[1] - 1)
+    return d.argsort(dim=1)[:, :n]
 
 
 class Kind(str, enum.Enum):
@@ -65,10 +118,14 @@ class Phase:
     loss: str = "tmifpe"
     n_targets: int = 0
     restarts: int = 1
+    targets: str = "rank"  # "rank" (clean logit rank 2…) or "malt" (malt_targets)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
-        parse_loss(self.loss)
+        if self.loss != PMA:
+            parse_loss(self.loss)
+        if self.targets not in TARGET_RULES:
+            raise ValueError(f"phase targets must be one of {TARGET_RULES}, got {self.targets!r}")
         if self.steps < 1:
             raise ValueError(f"phase steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
@@ -80,18 +137,24 @@ class Phase:
     @property
     def name(self) -> str:
         tail = f"-t{self.n_targets}" if self.kind is Kind.TARGETED else ""
+        tail += "m" if self.kind is Kind.TARGETED and self.targets == "malt" else ""
         rs = f"x{self.restarts}" if self.restarts > 1 else ""
         return f"{self.loss}-{self.kind.value[0]}{self.steps}{tail}{rs}"
 
     @property
     def progress(self) -> Progress:
+        if self.loss == PMA:
+            return Progress.LOSS
         return Progress.MARGIN if parse_loss(self.loss) in SCALED_LOSSES else Progress.LOSS
 
 
-# The preset (docs/fast.md: measured on the tuning split, benchmarks/fast_preset.py).
+# The preset: selected by the committed protocol benchmarks/fast_protocol.json on its tuning
+# models (greedy gain per pass; benchmarks/fast_validation.py, docs/fast.md), in the order added.
 PRESET_PHASES: tuple[Phase, ...] = (
-    Phase(Kind.UNTARGETED, steps=50, restarts=2),  # the restart runs on the survivors only
-    Phase(Kind.TARGETED, steps=20, n_targets=3),
+    Phase(Kind.UNTARGETED, steps=20),
+    Phase(Kind.TARGETED, steps=20, n_targets=1, targets="malt"),
+    Phase(Kind.UNTARGETED, steps=50),  # a second random start, on the survivors
+    Phase(Kind.TARGETED, steps=20, n_targets=1, targets="rank"),
 )
 
 
@@ -101,6 +164,7 @@ class FastConfig:
     phases: tuple[Phase, ...] = PRESET_PHASES
     guard_queries: int = 100  # Square queries per surviving point; 0 disables the guard
     guard_p_init: float = 0.8  # Square's initial square size fraction (AutoAttack's value)
+    escalate_queries: int = 5000  # full Square budget on flagged survivors; 0 disables
     tstar_rule: str = "coef"
     batch_size: int = 500
     seed: int = 0
@@ -112,13 +176,16 @@ class FastConfig:
             raise ValueError("the preset needs at least one gradient phase")
         if self.guard_queries < 0:
             raise ValueError(f"guard_queries must be >= 0, got {self.guard_queries}")
+        if self.escalate_queries < 0:
+            raise ValueError(f"escalate_queries must be >= 0, got {self.escalate_queries}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @property
     def name(self) -> str:
         guard = f"+sq{self.guard_queries}" if self.guard_queries else ""
-        return "+".join(p.name for p in self.phases) + guard
+        esc = f"+esc{self.escalate_queries}" if self.escalate_queries else ""
+        return "+".join(p.name for p in self.phases) + guard + esc
 
 
 @dataclass(frozen=True)
@@ -136,6 +203,7 @@ class FastResult:
     zero_grad_steps: Tensor  # (N,) int64
     nonfinite_steps: Tensor  # (N,) int64
     guard_broken: Tensor  # (N,) bool: survived every gradient phase, broken by the guard
+    escalated: Tensor  # (N,) bool: flagged survivor that got the full Square budget
     randomized: bool  # two clean forward passes differed (model level)
     verdict: Verdict  # final fp32/fp64 verification of x_adv
 
@@ -143,6 +211,11 @@ class FastResult:
     def passes(self) -> Tensor:
         """Forward + backward passes per example, counted like the cells and the AA runner."""
         return self.n_forward + self.n_backward + self.n_queries + self.n_verify
+
+    @property
+    def forward_equivalents(self) -> Tensor:
+        """Passes with a backward weighted as two forwards (the second cost column)."""
+        return self.n_forward + 2 * self.n_backward + self.n_queries + self.n_verify
 
     @property
     def flag_zero_grad(self) -> Tensor:
@@ -201,23 +274,56 @@ def _run_batch(ref32: PrecisionModel, ref64: PrecisionModel, x: Tensor, y: Tenso
         _accept(ref32, x, y, res.x_adv, alive, n_ver, x_adv, broken_by, phase.name, cfg.eps)
     survivors = alive.clone()
     if cfg.guard_queries > 0 and bool(alive.any()):
-        adv_sq = square_guard(ref32, x, y, alive, cfg, queries)
+        adv_sq = square_guard(ref32, x, y, alive, cfg.guard_queries, cfg, queries)
         _accept(ref32, x, y, adv_sq, alive, n_ver, x_adv, broken_by, GUARD, cfg.eps)
+    guard_broken = survivors & ~alive
+    escalate = alive & escalation_mask(guard_broken, zero, nonfin, bwd)
+    if cfg.escalate_queries > 0 and bool(escalate.any()):
+        adv_full = square_guard(ref32, x, y, escalate, cfg.escalate_queries, cfg, queries)
+        _accept(ref32, x, y, adv_full, alive, n_ver, x_adv, broken_by, ESCALATED, cfg.eps)
+    else:
+        escalate = torch.zeros_like(escalate)
     verdict = verify(ref32, ref64, x, x_adv.to(x.device), y, cfg.eps)
     success = correct & ~alive
     return FastResult(x_adv, success, correct, broken_by, fwd, bwd, queries, n_ver, zero, nonfin,
-                      survivors & ~alive, randomized, verdict.cpu())
+                      guard_broken, escalate, randomized, verdict.cpu())
+
+
+def escalation_mask(guard_broken: Tensor, zero_grad_steps: Tensor, nonfinite_steps: Tensor,
+                    n_backward: Tensor) -> Tensor:
+    """(N,) bool, the points whose flags call for the full Square budget: all of them when the
+    guard broke any point of the batch (the gradient phases missed a breakable point: masking
+    suspected), else those with non-finite steps or with zero-gradient steps making up
+    ≥ ``ESCALATE_ZERO_FRACTION`` of their backward passes."""
+    if bool(guard_broken.any()):
+        return torch.ones_like(guard_broken)
+    mostly_zero = zero_grad_steps.double() >= ESCALATE_ZERO_FRACTION * n_backward.double()
+    return (nonfinite_steps > 0) | (mostly_zero & (zero_grad_steps > 0))
 
 
 def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive: Tensor,
                phase: Phase, cfg: FastConfig, gen: torch.Generator) -> PGDResult:
     targeted = phase.kind is Kind.TARGETED
-    targets = attack_targets(clean, phase.n_targets) if targeted else None
+    extra_f = torch.zeros(x.shape[0], dtype=torch.int64)
+    extra_b = torch.zeros_like(extra_f)
+    targets = None
+    if targeted and phase.targets == "malt":
+        targets = attack_targets(clean, phase.n_targets)  # placeholder rows for dead points
+        idx = alive.nonzero().squeeze(1)
+        if idx.numel():
+            dev_idx = idx.to(x.device)
+            targets[dev_idx] = malt_targets(model, x[dev_idx], y[dev_idx], phase.n_targets)
+            extra_f[idx] += 1
+            extra_b[idx] += clean.shape[1]
+    elif targeted:
+        targets = attack_targets(clean, phase.n_targets)
     acfg = APGDConfig(eps=cfg.eps, steps=phase.steps, restarts=phase.restarts, targeted=targeted,
                       n_targets=max(phase.n_targets, 1), progress=phase.progress, seed=cfg.seed)
-    loss = get_loss(phase.loss, tstar_rule=cfg.tstar_rule)
-    return run_apgd(model, x, y, loss, acfg, attack_mask=alive.clone(), targets=targets,
-                    generator=gen)
+    loss = phase_loss(phase.loss, cfg.tstar_rule)
+    res = run_apgd(model, x, y, loss, acfg, attack_mask=alive.clone(), targets=targets,
+                   generator=gen)
+    return dataclasses.replace(res, n_forward=res.n_forward + extra_f,
+                               n_backward=res.n_backward + extra_b)
 
 
 def _accept(ref32: PrecisionModel, x: Tensor, y: Tensor, cand: Tensor, alive: Tensor,
@@ -255,16 +361,16 @@ class _QueryCounter(nn.Module):
         return self.model(x)
 
 
-def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, cfg: FastConfig,
-                 queries: Tensor) -> Tensor:
+def square_guard(model: PrecisionModel, x: Tensor, y: Tensor, alive: Tensor, n_queries: int,
+                 cfg: FastConfig, queries: Tensor) -> Tensor:
     """[Andriushchenko et al. 2020, via pyautoattack] Square (l∞, margin loss) with
-    ``cfg.guard_queries`` queries on the ``alive`` rows; returns candidates (N, ...) on the CPU
+    ``n_queries`` queries on the ``alive`` rows; returns candidates (N, ...) on the CPU
     (clean points elsewhere); adds the queries per example to ``queries`` in place. The
     caller's CPU RNG state is restored (Square reseeds the global generator)."""
     idx = alive.nonzero().squeeze(1)
     xs, ys = x[idx.to(x.device)], y[idx.to(x.device)]
     counter = _QueryCounter(model, xs, idx, queries)
-    sq = SquareAttack(counter, norm="Linf", n_queries=cfg.guard_queries, eps=cfg.eps,
+    sq = SquareAttack(counter, norm="Linf", n_queries=n_queries, eps=cfg.eps,
                       p_init=cfg.guard_p_init, n_restarts=1, seed=cfg.seed, loss="margin",
                       resc_schedule=True, device=x.device)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -284,7 +390,7 @@ def _concat(parts: list[FastResult]) -> FastResult:
         return torch.cat([getattr(p, name) for p in parts])
 
     tensors = ("x_adv", "success", "clean_correct", "n_forward", "n_backward", "n_queries",
-               "n_verify", "zero_grad_steps", "nonfinite_steps", "guard_broken")
+               "n_verify", "zero_grad_steps", "nonfinite_steps", "guard_broken", "escalated")
     verdict = Verdict.cat([p.verdict for p in parts])
     kw = {name: cat(name) for name in tensors}
     return FastResult(broken_by=[b for p in parts for b in p.broken_by],

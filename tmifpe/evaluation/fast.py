@@ -60,9 +60,11 @@ def fast_frame(result: FastResult, y: Tensor, split: list[str], config: FastConf
         "robust_fp64": cc & ~v.broken(y, fp64=True), "margin_fp32": v.margin_fp32,
         "n_forward": result.n_forward, "n_backward": result.n_backward,
         "n_queries": result.n_queries, "n_verify": result.n_verify, "passes": result.passes,
+        "forward_equivalents": result.forward_equivalents,
         "zero_grad_steps": result.zero_grad_steps, "nonfinite_steps": result.nonfinite_steps,
         "flag_zero_grad": result.flag_zero_grad, "flag_nonfinite": result.flag_nonfinite,
-        "guard_broken": result.guard_broken, "randomized": result.randomized,
+        "guard_broken": result.guard_broken, "escalated": result.escalated,
+        "randomized": result.randomized,
         "nonfinite_fp32": v.nonfinite_fp32, "nonfinite_fp64": v.nonfinite_fp64,
     })
 

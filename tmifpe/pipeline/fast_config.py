@@ -24,6 +24,9 @@ class FastPhaseParams(Frozen):
     loss: LossName  # only the losses of FAST_STAGE_LOSSES: the fast stage depends on those
     n_targets: int = Field(ge=0, le=99)
     restarts: int = Field(ge=1)
+    # target choice of a targeted phase: clean logit rank or MALT's linearised distance
+    # (tmifpe.attacks.fast.malt_targets); default "rank" keeps older suite files valid
+    targets: Literal["rank", "malt"] = "rank"
 
     @model_validator(mode="after")
     def _targets(self) -> FastPhaseParams:
@@ -46,6 +49,9 @@ class FastParams(Frozen):
     phases: list[FastPhaseParams] = Field(min_length=1)
     guard_queries: int = Field(ge=0)
     guard_p_init: float = Field(gt=0.0, le=1.0)
+    # Square queries on flagged survivors (tmifpe.attacks.fast.escalation_mask); AutoAttack's
+    # 5000 by default so older suite files get the acting guard; 0 disables
+    escalate_queries: int = Field(default=5000, ge=0)
     split_seed: int
     tuning_fraction: float = Field(gt=0.0, lt=1.0)
     tstar_rule: TStarRule

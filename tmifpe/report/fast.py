@@ -1,16 +1,24 @@
 """The report section of the fast preset (``tables["fast"]``, tmifpe.aggregate.fast): beside
 AutoAttack, robust accuracy, passes, seconds, the points each breaks that the other does not,
 the masking guard, and per model whether the target is met on held-out points (and if not, by
-how much and which AutoAttack stage broke the points the preset missed)."""
+how much and which AutoAttack stage broke the points the preset missed); and the per-model table
+over the validation set of models (the committed benchmarks/results/fast_validation.json:
+models the preset was not chosen on, bootstrap CIs, disagreements)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
 from tmifpe.aggregate.compare_aa import AA_STAGES
-from tmifpe.aggregate.fast import TARGET_GAP_PTS, TARGET_PASS_RATIO
+from tmifpe.aggregate.fast import (
+    TARGET_GAP_PTS,
+    TARGET_PASS_RATIO,
+    VALIDATION_JSON,
+    load_validation,
+)
 from tmifpe.report.detail import DASH, num, pct, pp
 from tmifpe.report.views import Block, Cell, Grid, Row
 
@@ -31,6 +39,58 @@ class FastSection:
     numeric: tuple[bool, ...]
     rows: tuple[tuple[str, ...], ...]
     verdicts: tuple[str, ...]  # one sentence per model: target, guard, flags
+    validation: ValidationTable | None = field(default=None)
+
+
+VALIDATION_HEADERS = (
+    ("Model", False), ("Role", False), ("eps", True), ("Points", True), ("Fast %", True),
+    ("AA %", True), ("Gap (pts)", True), ("Gap 95% CI", True), ("Pass ratio", True),
+    ("Pass ratio 95% CI", True), ("Fwd-eq ratio", True), ("Time ratio", True),
+    ("Missed (AA stage)", False), ("Fast only", True), ("Escalated", True),
+)
+
+
+@dataclass(frozen=True)
+class ValidationTable:
+    note: str
+    headers: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    rows: tuple[tuple[str, ...], ...]
+    verdict: str
+
+
+def validation_table(doc: dict | None) -> ValidationTable | None:
+    """The per-model table of benchmarks/fast_validation.py's committed result (None if none)."""
+    if doc is None:
+        return None
+
+    def missed(r: dict) -> str:
+        if not r["missed"]:
+            return "0"
+        return ", ".join(f"#{m['example']} ({m['aa_broken_by']})" for m in r["missed"])
+
+    rows = tuple((
+        r["model"], r["role"], f"{r['eps']:g}", str(r["n"]), pct(r["robust_acc"]),
+        pct(r["aa_robust_acc"]), pp(r["gap_vs_aa_pts"]),
+        f"[{r['gap_ci_low']:+.2f}, {r['gap_ci_high']:+.2f}]", _ratio(r["pass_ratio"]),
+        f"[{r['pass_ratio_ci_low']:.4f}, {r['pass_ratio_ci_high']:.4f}]",
+        _ratio(r["fwd_eq_ratio"]), _ratio(r["time_ratio"]), missed(r),
+        str(r["n_broken_fast_only"]), str(r["n_escalated"]),
+    ) for r in sorted(doc["models"], key=lambda r: (r["role"] != "validation", r["model"])))
+    v = doc["verdict"]
+    verdict = (f"Preset {doc['preset']} (selected on the tuning models by the committed protocol "
+               f"{doc['protocol']}, sha256 {doc['protocol_sha256'][:12]}): gap <= 0 on every "
+               f"validation model: {'yes' if v['gap_le_0_on_every_validation_model'] else 'NO'}"
+               f" ({v['validation_models']} models; worst gap {v['worst_validation_gap_pts']:+.2f}"
+               f" pts, worst pass ratio {v['worst_validation_pass_ratio']:.4f}).")
+    note = ("Validation set of models (benchmarks/fast_validation.py): each row one model, the "
+            "preset against standard AutoAttack on the same points, fp32 verdicts. Gap and pass "
+            "ratio with 95% paired bootstrap intervals over points. Pass ratio: forward + "
+            "backward passes; fwd-eq ratio: a backward weighted as two forwards. Time ratio: "
+            "seconds of the attack call alone, same machine. Missed: points AutoAttack breaks "
+            "and the preset does not, with the AutoAttack attack that broke each.")
+    return ValidationTable(note, tuple(h for h, _ in VALIDATION_HEADERS),
+                           tuple(n for _, n in VALIDATION_HEADERS), rows, verdict)
 
 
 def _ratio(x: float | None) -> str:
@@ -65,11 +125,18 @@ def _verdict(r: dict) -> str:
     return head + guard
 
 
-def fast_section(tables: dict[str, pl.DataFrame]) -> FastSection | None:
-    """The section, or None when there are no fast results."""
+def fast_section(tables: dict[str, pl.DataFrame],
+                 validation_path: Path | None = VALIDATION_JSON) -> FastSection | None:
+    """The section, or None when there are neither fast results nor a validation result
+    (``validation_path``, read when it exists; None: not read)."""
+    validation = validation_table(None if validation_path is None
+                                  else load_validation(validation_path))
     frame = tables.get("fast")
     if frame is None or frame.height == 0:
-        return None
+        if validation is None:
+            return None
+        frame = pl.DataFrame(schema={"suite": pl.String, "model": pl.String,
+                                     "split": pl.String})
     order = {"held_out": 0, "tuning": 1, "all": 2}
     rows_in = sorted(frame.iter_rows(named=True),
                      key=lambda r: (r["suite"], r["model"], order.get(r["split"], 9)))
@@ -90,7 +157,7 @@ def fast_section(tables: dict[str, pl.DataFrame]) -> FastSection | None:
             f"(gap <= {TARGET_GAP_PTS:g} pts and pass ratio <= {TARGET_PASS_RATIO:g}) is judged "
             "on held-out points. “Fast only”/“AA only”: points broken by one and not the other.")
     return FastSection("fast", "Fast preset vs AutoAttack", note, tuple(h for h, _ in HEADERS),
-                       tuple(n for _, n in HEADERS), rows, verdicts)
+                       tuple(n for _, n in HEADERS), rows, verdicts, validation)
 
 
 def fast_grid(tables: dict[str, pl.DataFrame]) -> Grid | None:
