@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from suite_support import complete
+from support.suites import complete
 from test_dispatch import (
     DISPATCH,
     GRID,
