@@ -20,7 +20,6 @@ other CPUs/GPUs may differ in the last bits (README, "Reproducibility").
 from __future__ import annotations
 
 import platform
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -63,19 +62,6 @@ def fp32_precision_state() -> dict[str, str]:
     return {s: str(_tf32_backend(s).fp32_precision) for s in _TF32_SWITCHES}
 
 
-def _set_deterministic(mode: bool, warn_only: bool) -> None:
-    """``torch.use_deterministic_algorithms(mode, warn_only=warn_only)`` without its import of
-    ``torch._inductor.config`` (which pulls in dynamo and sympy: about as long as importing torch,
-    paid by every stage process; benchmarks/suite_timing.py). Inductor's copy of the flag only
-    matters to ``torch.compile``, which the project never calls; once inductor is loaded (a user
-    compiled something) the public call keeps both in step."""
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if "torch._inductor.config" in sys.modules or setter is None:
-        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
-    else:
-        setter(mode, warn_only=warn_only)
-
-
 @contextmanager
 def numerics(threads: int | None = None) -> Iterator[None]:
     """The runtime contract (module docstring) for the duration of the ``with`` block."""
@@ -92,7 +78,7 @@ def numerics(threads: int | None = None) -> Iterator[None]:
             _tf32_backend(switch).fp32_precision = "ieee"
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-        _set_deterministic(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         yield
     finally:
         n_threads, deterministic, benchmark, algos, warn_only = saved
@@ -101,7 +87,7 @@ def numerics(threads: int | None = None) -> Iterator[None]:
             _tf32_backend(switch).fp32_precision = value
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = benchmark
-        _set_deterministic(algos, warn_only=warn_only)
+        torch.use_deterministic_algorithms(algos, warn_only=warn_only)
 
 
 @cache
