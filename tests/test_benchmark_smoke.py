@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tmifpe.precision import Precision
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "attack_step.py"
 LOSSES = ("ce", "cw", "dlr", "mifpe", "tmifpe")
@@ -44,7 +46,7 @@ def test_rows_cover_every_measurement(run):
     rows = report["rows"]
     assert rows and all(set(r) == ROW_KEYS for r in rows)
     blocks = {(r["model"], r["precision"]) for r in rows}
-    assert {p for _, p in blocks} == {"fp16", "bf16", "fp32", "fp64"}
+    assert {p for _, p in blocks} == {p.value for p in Precision}  # autocast modes too
     assert len({m for m, _ in blocks}) == 2  # digits SmallCNN and ResNet-18
     for model, prec in blocks:
         whats = {r["what"] for r in rows if (r["model"], r["precision"]) == (model, prec)}

@@ -39,6 +39,7 @@ from tmifpe.evaluation.attack import (
 from tmifpe.evaluation.fast import FastRun, run_fast_eval
 from tmifpe.losses import parse_loss
 from tmifpe.precision import check_deterministic, parse_precision
+from tmifpe.runtime import numerics
 
 __all__ = ["BatchProgress", "EvalResult", "FastRun", "evaluate", "evaluate_fast"]
 
@@ -179,7 +180,8 @@ def evaluate_fast(
     Returns the per-example frame (``FAST_SCHEMA``, every point labelled held-out), wall time
     and environment; same runtime contract and model handling as :func:`evaluate`."""
     _check_points(x, y)
-    check_deterministic(model, x)
+    with numerics(threads):  # the check's forward passes run under the contract too
+        check_deterministic(model, x)
     cfg = replace(config or FastConfig(eps=float(eps)), eps=float(eps), seed=seed,
                   batch_size=batch_size)
     return run_fast_eval(model, x, y, cfg, dataset=dataset, model_name=model_name,
