@@ -56,12 +56,15 @@ def input_gradient(
     """∇_x Σ_i L(model(x)_i) computed entirely in ``model.dtype`` [the attack's gradient]
     (autocast family: forward and loss under autocast, as the engines compute them).
 
-    The leaf is x in float64: casting float32 pixels to float64 is exact, so the model sees the
-    same rounded input as from float32, and the dtype's gradient is upcast exactly.
+    The leaf is x in float64 (float32 under autocast, which casts only float32 tensors): casting
+    float32 pixels to float64 is exact, so the model sees the same rounded input as from
+    float32, and the dtype's gradient is upcast exactly.
     """
     if x.dtype != torch.float32:
         raise ValueError(f"x must be float32 pixels, got {x.dtype}")
-    leaf = x.detach().to(torch.float64).requires_grad_(True)
+    # autocast casts only float32 tensors to the low dtype: its leaf is the float32 pixels
+    leaf_dtype = torch.float32 if model.precision.autocast else torch.float64
+    leaf = x.detach().to(leaf_dtype).requires_grad_(True)
     with torch.enable_grad():
         logits = model(leaf)
         with model.autocast(leaf.device):  # amp-*: the loss as autocast computes it
