@@ -17,6 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("tmifpe", "stages", "conf", "hydra_plugins")
+# committed data deps of dvc.yaml outside the sources (the fast preset's validation results,
+# read by the aggregate and report stages)
+DATA_DEPS = ("benchmarks/results/fast_validation.json",)
 
 
 def env() -> dict[str, str]:
@@ -49,12 +52,14 @@ def ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
 
 def copy_project(repo: Path, sources: Iterable[str] = SOURCES,
                  files: Iterable[str] = ("dvc.yaml", ".dvcignore", ".gitignore")) -> Path:
-    """Copy the project's ``sources`` folders (no bytecode) and top-level ``files`` to ``repo``."""
+    """Copy the project's ``sources`` folders (no bytecode), top-level ``files`` and the
+    committed data deps (``DATA_DEPS``) to ``repo``."""
     repo.mkdir(parents=True, exist_ok=True)
     for name in sources:
         shutil.copytree(ROOT / name, repo / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in files:
+    for name in (*files, *DATA_DEPS):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
     return repo
 
