@@ -225,7 +225,8 @@ def _queued_params(repo: Path, name: str, *overrides: str) -> dict:
 def test_exp_run_set_param_composes_and_changes_only_its_cells(repo: Path) -> None:
     doc = _queued_params(repo, "cap10", "suite.precisions.fp64.max_budget=10")
     assert doc["suite"]["precisions"]["fp64"]["max_budget"] == 10
-    assert list(doc["grid"]["precisions"]["b20"]) == ["fp16", "bf16", "fp32"]
+    assert list(doc["grid"]["precisions"]["b20"]) == ["fp16", "bf16", "fp32", "amp-fp16",
+                                                     "amp-bf16"]
     with edited(repo, "params.yaml", yaml.safe_dump(doc, sort_keys=False)):
         diff = json.loads(_dvc(repo, "params", "diff", "--json"))["params.yaml"]
         assert [k for k in diff if k.startswith("suite.")] == ["suite.precisions.fp64.max_budget"]
