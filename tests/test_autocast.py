@@ -136,3 +136,21 @@ def test_api_runs_autocast_and_verifies_at_fp32(digits_cnn, digits, precision) -
     # untouched caller's model
     assert digits_cnn.training is False
     assert all(p.dtype == torch.float32 for p in digits_cnn.parameters())
+
+
+@pytest.mark.parametrize("name", ["amp-fp16", "amp-bf16"])
+def test_diagnostics_input_gradient_runs_under_autocast_on_a_conv_model(name: str) -> None:
+    """The diagnostics' gradient of a conv model under autocast (its leaf is float32: autocast
+    casts only float32 tensors; a float64 leaf met fp16 weights in the diagnostics stage)."""
+    from tmifpe.diagnostics.gradients import input_gradient
+    from tmifpe.losses import get_loss
+    from tmifpe.precision import Precision, PrecisionModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 10))
+    x, y = torch.rand(5, 1, 8, 8), torch.arange(5)
+    g = input_gradient(PrecisionModel(net, Precision(name)), x, y, get_loss("ce"))
+    ref = input_gradient(PrecisionModel(net, Precision.FP64), x, y, get_loss("ce"))
+    assert g.grad.dtype == torch.float64 and g.grad.shape == ref.grad.shape
+    assert torch.isfinite(g.grad).all()
