@@ -13,6 +13,7 @@ the task graph, every worker's ``dvc repro`` and the final one here read the sam
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,14 +30,19 @@ def overrides_of(sets: list[str], suite: str | None) -> list[str]:
 
 
 def _hydra_config(repo: Path) -> dict[str, object]:
-    """The ``hydra`` section of the repository's DVC config (system, global, repo, local levels),
-    read and validated by DVC's own config class (no repository object, nothing written)."""
-    from dvc.config import Config, ConfigError
-
-    try:
-        return dict(Config(dvc_dir=str(repo / ".dvc")).get("hydra", {}))
-    except ConfigError as err:
-        raise UserError(f"{repo}/.dvc/config: {' '.join(str(err).split())}") from None
+    """The ``hydra`` section of the repository's DVC config (system, global, repo, local levels
+    merged), through DVC's public command line (``dvc config --list``; nothing written)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "config", "--list"], cwd=repo,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{repo}/.dvc/config: {' '.join(proc.stderr.split())}")
+    out: dict[str, object] = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.startswith("hydra."):
+            name = key.removeprefix("hydra.")
+            out[name] = value.strip().lower() == "true" if name == "enabled" else value.strip()
+    return out
 
 
 def compose(repo: Path, overrides: list[str]) -> str:
