@@ -12,6 +12,7 @@ the task graph, every worker's ``dvc repro`` and the final one here read the sam
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def overrides_of(sets: list[str], suite: str | None) -> list[str]:
 def _hydra_config(repo: Path) -> dict[str, object]:
     """The ``hydra`` section of the repository's DVC config (system, global, repo, local levels
     merged), through DVC's public command line (``dvc config --list``; nothing written)."""
+    if importlib.util.find_spec("dvc") is None:  # the [pipeline] extra, named by errors.handled
+        raise ModuleNotFoundError("No module named 'dvc'", name="dvc")
     proc = subprocess.run([sys.executable, "-m", "dvc", "config", "--list"], cwd=repo,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -47,10 +50,6 @@ def _hydra_config(repo: Path) -> dict[str, object]:
 
 def compose(repo: Path, overrides: list[str]) -> str:
     """The params.yaml text ``dvc exp run -S <overrides>`` would write in ``repo``."""
-    hydra_conf = _hydra_config(repo)
-    if not hydra_conf.get("enabled", False):
-        raise UserError(f"-S/--suite need DVC's Hydra composition: {repo}/.dvc/config has no "
-                        "`hydra.enabled = true`")
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.plugins import Plugins
@@ -58,6 +57,10 @@ def compose(repo: Path, overrides: list[str]) -> str:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    hydra_conf = _hydra_config(repo)
+    if not hydra_conf.get("enabled", False):
+        raise UserError(f"-S/--suite need DVC's Hydra composition: {repo}/.dvc/config has no "
+                        "`hydra.enabled = true`")
     config_dir = (repo / str(hydra_conf.get("config_dir") or "conf")).resolve()
     plugins = str((repo / str(hydra_conf.get("plugins_path") or ".")).resolve())
     sys.path.append(plugins)  # as DVC's load_hydra_plugins
