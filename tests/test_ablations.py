@@ -127,15 +127,57 @@ def test_wrapper_errors_are_one_line(logits):
 
 def test_variant_grid():
     grid = variants("coef")
-    assert len(grid) == len(set(grid)) == 8
-    assert Variant("pgd", "ce") in grid and Variant("apgd", "ce") in grid
+    assert len(grid) == len(set(grid)) == len({v.name for v in grid}) == 12
+    assert [v.name for v in grid] == sorted(v.name for v in grid)
+    assert Variant("pgd", "ce") in grid
     assert {v.phase_mode for v in grid if v.loss == "tmifpe"} == {"auto", "unsuccessful",
                                                                   "successful"}
     assert {v.rule for v in grid if v.loss == "tmifpe"} == {"mifpe", "coef", "cap"}
-    assert Variant("apgd", "tmifpe", "coef", "auto").progress == "margin"
-    assert Variant("apgd", "ce").progress == "loss" and Variant("pgd", "ce").progress == NA
+    # loss x progress crossed in APGD (issue 19 item 5), both losses under both measures
+    apgd = {(v.loss, v.progress) for v in grid if v.engine == "apgd"}
+    assert apgd == {(loss, p) for loss in ("ce", "tmifpe") for p in ("loss", "margin")}
+    assert Variant("pgd", "ce").progress == NA
+    # MIFPE at the paper's T = 1 and the released code's T = 10
+    assert {v.temperature for v in grid if v.loss == "mifpe"} == {1.0, 10.0}
+    assert Variant("pgd", "mifpe", temperature=10.0).name == "pgd/mifpe/T10"
+    assert Variant("apgd", "tmifpe", "coef", "auto", progress="loss").name == \
+        "apgd/tmifpe/coef/auto/loss"
     with pytest.raises(ValueError, match="unknown phase"):
         variants("nope")
+    with pytest.raises(ValueError, match="progress '-'; expected one of loss, margin for apgd"):
+        Variant("apgd", "ce")
+    with pytest.raises(ValueError, match="progress 'loss'"):
+        Variant("pgd", "ce", progress="loss")
+    with pytest.raises(ValueError, match="temperature None; expected a number for mifpe"):
+        Variant("pgd", "mifpe")
+    with pytest.raises(ValueError, match="unknown ablation loss 'dlr'"):
+        Variant("pgd", "dlr")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 10.0])
+def test_mifpe_temperature_against_float64_reference(temperature):
+    """MIFPE's loss at T: CE((T/Δ)·z, y), Δ the top-2 gap, against a float64 formula; and the
+    gradient the attack uses differs between T = 1 and T = 10."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=gen, dtype=torch.float64) * 4
+    y = torch.randint(0, 10, (16,), generator=gen)
+    top2 = z.topk(2, dim=1).values
+    c = temperature / (top2[:, 0] - top2[:, 1])
+    ref = torch.logsumexp(c[:, None] * z, dim=1) - c * z[torch.arange(16), y]
+    got = variant_loss(Variant("pgd", "mifpe", temperature=temperature))(z.float(), y)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    z1 = z.float().requires_grad_()
+    g = [torch.autograd.grad(variant_loss(Variant("pgd", "mifpe", temperature=t))(z1, y).sum(),
+                             z1)[0] for t in (1.0, 10.0)]
+    assert not torch.allclose(g[0], g[1])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_mifpe_rejects_bad_temperature(bad):
+    from tmifpe.losses.mifpe import mifpe_loss
+
+    with pytest.raises(ValueError, match=r"MIFPE temperature T=.*expected a finite number > 0"):
+        mifpe_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), temperature=bad)
 
 
 @pytest.mark.parametrize("targeted", [False, True])
@@ -211,7 +253,7 @@ def test_stage_outputs_are_complete_and_byte_identical(stage_dir, monkeypatch):
     frame = pl.read_parquet(stage_dir / "results" / "ablations" / "digits_m.parquet")
     assert set(frame.columns) >= COLUMNS
     assert "wall" not in " ".join(frame.columns)  # wall time lives in the JSON only
-    assert frame.height == 8 * 2 * len(BUDGETS)  # variants × (untargeted, targeted) × budgets
+    assert frame.height == 12 * 2 * len(BUDGETS)  # variants × (untargeted, targeted) × budgets
     assert (frame["n_points"] == N_POINTS).all() and (frame["n_invalid"] == 0).all()
     assert (frame["n_false_success"] == 0).all()  # fp32 attack: its verdict is the fp32 one
     n_clean = frame["n_clean"][0]
@@ -219,8 +261,7 @@ def test_stage_outputs_are_complete_and_byte_identical(stage_dir, monkeypatch):
     assert ((frame["robust_acc"] - frame["robust_count"] / N_POINTS).abs() < 1e-12).all()
     assert frame.filter(pl.col("targeted"))["n_targets"].unique().to_list() == [2]
     assert (frame["mean_forward"] >= 1).all()
-    keys = frame.select("precision", "targeted", "budget", "engine", "loss", "rule",
-                        "phase_mode")
+    keys = frame.select("precision", "targeted", "budget", "variant")
     assert keys.rows() == sorted(keys.rows())
     assert len(timing["runs"]) == frame.height and timing["total_wall_time_s"] > 0
     assert all(math.isfinite(r["wall_time_s"]) for r in timing["runs"])
@@ -230,12 +271,15 @@ def test_stage_outputs_are_complete_and_byte_identical(stage_dir, monkeypatch):
     assert auto.to_list() == control.to_list()
 
     tabs = tables([stage_dir / "results" / "ablations" / "digits_m.parquet"])
-    assert [t.key for t in tabs] == ["ablation_phase", "ablation_rule", "ablation_engine"]
+    assert [t.key for t in tabs] == ["ablation_phase", "ablation_rule", "ablation_engine",
+                                     "ablation_progress", "ablation_mifpe"]
     for t in tabs:
         assert isinstance(t, Table) and len(t.rows) == 2 * len(BUDGETS)
         assert all(len(r) == len(t.headers) == len(t.numeric) for r in t.rows)
         assert all(isinstance(c, str) for r in t.rows for c in r)
-    assert "–" not in {c for r in tabs[2].rows for c in r}  # every engine × loss cell ran
+    for t in tabs[2:]:  # every engine × loss, loss × progress and temperature cell ran
+        assert "–" not in {c for r in t.rows for c in r}, t.key
+    assert tabs[4].headers[4:7] == ("CE", "MIFPE T=1", "MIFPE T=10")
     assert tables([])[0].rows == ()
 
 

@@ -8,7 +8,11 @@ its verdict re-verified by :func:`tmifpe.verify.verify` (fresh fp32 pass, inside
     as if every example were still unsuccessful, or already successful (:func:`forced_tstar`);
 (b) the phase (ii)/(iii) rule of t*: "mifpe", "coef", "cap" (``tmifpe.losses.tmifpe.tstar``);
 (c) the engine: CE and T-MIFPE inside :func:`~tmifpe.attacks.pgd.run_pgd` (the suite's PGD) and
-    inside :func:`~tmifpe.attacks.apgd.run_apgd` (APGD; T-MIFPE judged by its margin, see there).
+    inside :func:`~tmifpe.attacks.apgd.run_apgd` (APGD);
+(d) loss × progress measure in APGD: CE and T-MIFPE, each with its step size controlled by the
+    loss value and by the C&W margin (:class:`~tmifpe.attacks.apgd.Progress`), so that "APGD-CE
+    vs APGD-T-MIFPE" separates the loss from the step-size control;
+(e) MIFPE's temperature: T = 1 (the paper) and T = 10 (its released code's default), PGD.
 
 With freeze-on-success only the t* of *unsuccessful* examples ever reaches a gradient at fp32
 (phase (ii) rows and, since targeted runs also freeze on any misclassification, phase (iv) rows
@@ -23,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -36,6 +41,7 @@ from tmifpe.attacks.runs import batch_seed
 from tmifpe.choices import check_choice
 from tmifpe.data.sources import load_eval_points
 from tmifpe.losses import LossFn, get_loss
+from tmifpe.losses.mifpe import MIFPE_T, mifpe_loss
 from tmifpe.losses.scaling import check_labels, scale_logits
 from tmifpe.losses.tmifpe.tstar import PHASE23_RULES, optimal_t
 from tmifpe.models.zoo import load_model
@@ -51,47 +57,61 @@ BUDGETS = (20, 50)
 PRECISIONS = (Precision.FP32,)  # bf16 too would double the ~45 s per model
 PHASE_MODES = ("auto", "unsuccessful", "successful")
 ENGINES = ("pgd", "apgd")
+PROGRESS = tuple(p.value for p in Progress)  # APGD's step-size control: "loss", "margin"
+MIFPE_TEMPERATURES = (MIFPE_T, 10.0)  # the paper's T = 1, the released code's default T = 10
 NA = "-"  # rule / phase_mode / progress of variants they do not apply to
 
 # The losses the variants run: the ablations stage depends on these loss packages only
 # (tmifpe.pipeline.code_deps.LOSS_SCOPES; :func:`variants` checks it).
-ABLATION_LOSSES = ("ce", "tmifpe")
+ABLATION_LOSSES = ("ce", "mifpe", "tmifpe")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Variant:
     """One attack configuration of the ablation grid."""
 
     engine: str  # "pgd" | "apgd"
-    loss: str  # "ce" | "tmifpe"
+    loss: str  # "ce" | "mifpe" | "tmifpe"
     rule: str = NA  # phase (ii)/(iii) rule of T-MIFPE
     phase_mode: str = NA  # "auto" | "unsuccessful" | "successful" (T-MIFPE only)
+    progress: str = NA  # APGD's progress measure, "loss" | "margin" (APGD only)
+    temperature: float | None = None  # MIFPE's T (MIFPE only)
+
+    def __post_init__(self) -> None:
+        check_choice(self.engine, ENGINES, "engine")
+        check_choice(self.loss, ABLATION_LOSSES, "ablation loss")
+        if (self.engine == "apgd") != (self.progress in PROGRESS):
+            raise ValueError(f"variant {self.engine}/{self.loss}: progress {self.progress!r}; "
+                             f"expected one of {', '.join(PROGRESS)} for apgd, {NA!r} for pgd")
+        if (self.loss == "mifpe") != (self.temperature is not None):
+            raise ValueError(f"variant {self.engine}/{self.loss}: temperature "
+                             f"{self.temperature!r}; expected a number for mifpe only")
 
     @property
     def name(self) -> str:
+        """e.g. ``pgd/ce``, ``apgd/ce/margin``, ``pgd/tmifpe/coef/auto``, ``pgd/mifpe/T10``."""
         parts = [self.engine, self.loss]
         if self.loss == "tmifpe":
             parts += [self.rule, self.phase_mode]
+        if self.temperature is not None:
+            parts.append(f"T{self.temperature:g}")
+        if self.engine == "apgd":
+            parts.append(self.progress)
         return "/".join(parts)
-
-    @property
-    def progress(self) -> str:
-        """APGD's progress measure: the loss for CE, the margin for T-MIFPE (scale changes)."""
-        if self.engine != "apgd":
-            return NA
-        return (Progress.LOSS if self.loss == "ce" else Progress.MARGIN).value
 
 
 def variants(rule: str = "coef") -> tuple[Variant, ...]:
-    """The grid: (a) phase modes at ``rule``, (b) every rule with auto phases, (c) CE and
-    T-MIFPE (``rule``, auto) in PGD and APGD; sorted, without duplicates."""
+    """The grid, sorted by name: (a) phase modes at ``rule``, (b) every rule with auto phases,
+    (c, d) CE and T-MIFPE (``rule``, auto) in PGD and in APGD with either progress measure,
+    (e) MIFPE at each of :data:`MIFPE_TEMPERATURES` in PGD."""
     check_choice(rule, PHASE23_RULES, "phase (ii)/(iii) rule")
     grid = {Variant("pgd", "tmifpe", rule, m) for m in PHASE_MODES}
     grid |= {Variant("pgd", "tmifpe", r, "auto") for r in PHASE23_RULES}
-    grid |= {Variant(e, "ce") for e in ENGINES} | {Variant(e, "tmifpe", rule, "auto")
-                                                   for e in ENGINES}
-    assert {v.loss for v in grid} <= set(ABLATION_LOSSES), "a variant outside ABLATION_LOSSES"
-    return tuple(sorted(grid))
+    grid |= {Variant("pgd", "ce"), Variant("pgd", "tmifpe", rule, "auto")}
+    grid |= {Variant("apgd", "ce", progress=p) for p in PROGRESS}
+    grid |= {Variant("apgd", "tmifpe", rule, "auto", progress=p) for p in PROGRESS}
+    grid |= {Variant("pgd", "mifpe", temperature=t) for t in MIFPE_TEMPERATURES}
+    return tuple(sorted(grid, key=lambda v: v.name))
 
 
 def forced_tstar(
@@ -145,10 +165,12 @@ def forced_phase_loss(mode: str, rule: str = "coef") -> LossFn:
 
 
 def variant_loss(v: Variant) -> LossFn:
-    """The loss function of a variant: the registry's CE and T-MIFPE (real phases), the phase
-    wrapper for a forced phase."""
+    """The loss function of a variant: the registry's CE and T-MIFPE (real phases), MIFPE at the
+    variant's T, the phase wrapper for a forced phase."""
     if v.loss == "ce":
         return get_loss("ce")
+    if v.loss == "mifpe":
+        return partial(mifpe_loss, temperature=v.temperature)
     if v.phase_mode == "auto":
         return get_loss("tmifpe", tstar_rule=v.rule)
     return forced_phase_loss(v.phase_mode, v.rule)
@@ -213,7 +235,8 @@ def run_ablations(
                     wall = time.perf_counter() - t0
                     rows.append({"model": model_key, "variant": v.name, "engine": v.engine,
                                  "loss": v.loss, "rule": v.rule, "phase_mode": v.phase_mode,
-                                 "progress": v.progress, "targeted": targeted,
+                                 "progress": v.progress, "mifpe_t": v.temperature,
+                                 "targeted": targeted,
                                  "precision": prec.value, "budget": budget, **stats})
                     timings.append({"variant": v.name, "targeted": targeted,
                                     "precision": prec.value, "budget": budget,
@@ -269,13 +292,13 @@ def _frame(rows: list[dict], suite: SuiteParams, eps: float) -> pl.DataFrame:
         mean_backward=pl.col("backward") / pl.max_horizontal(pl.col("n_clean"), 1),
         eps=pl.lit(eps), seed=pl.lit(suite.attack.seed),
     )
-    order = ["model", "variant", "engine", "loss", "rule", "phase_mode", "progress",
+    order = ["model", "variant", "engine", "loss", "rule", "phase_mode", "progress", "mifpe_t",
              "targeted", "precision", "budget", "n_targets", "eps", "seed", "n_points",
              "n_clean", "robust_acc", "robust_count", "n_attack_success", "n_false_success",
              "n_invalid", "mean_forward", "mean_backward", "zero_grad_steps", "nonfinite_steps"]
     ints = [c for c in order if c.startswith("n_") or c in ("budget", "robust_count", "seed",
                                                               "zero_grad_steps",
                                                               "nonfinite_steps")]
-    frame = frame.select(order).with_columns([pl.col(c).cast(pl.Int64) for c in ints])
-    return frame.sort(["model", "precision", "targeted", "budget", "engine", "loss", "rule",
-                       "phase_mode"])
+    frame = frame.select(order).with_columns(*(pl.col(c).cast(pl.Int64) for c in ints),
+                                             pl.col("mifpe_t").cast(pl.Float64))
+    return frame.sort(["model", "precision", "targeted", "budget", "variant"])
