@@ -62,7 +62,7 @@ def test_paper_suite_code_path_offline(tmp_path: Path) -> None:
     init_repo(repo)
     proc = _dvc(repo, "repro")
     assert {"data@cifar10", "model@c10_aa_resnet18", "autoattack@c10_aa_resnet18",
-            "attack@c10_aa_resnet18-tmifpe-3", "diagnostics@c10_aa_resnet18",
+            "attack@c10_aa_resnet18-tmifpe", "diagnostics@c10_aa_resnet18",
             "ablations@c10_aa_resnet18", "aggregate",
             "report"} <= _ran(proc)
     html = (repo / "reports/index.html").read_text()

@@ -71,7 +71,7 @@ def test_cold_repro_runs_every_stage_then_nothing(repo: Path) -> None:
     first = _dvc(repo, "repro")
     stages = set(_dvc(repo, "stage", "list", "--name-only").stdout.split())
     assert _ran(first) == stages
-    assert {"attack@digits_std-ce-5", "attack@digits_std-tmifpe-5", "aggregate", "report"} <= stages
+    assert {"attack@digits_std-ce", "attack@digits_std-tmifpe", "aggregate", "report"} <= stages
     second = _dvc(repo, "repro")
     assert _ran(second) == set()
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
@@ -97,13 +97,16 @@ def test_editing_one_loss_reruns_only_its_cells(repo: Path) -> None:
     finally:
         path.write_text(original)
     # the diagnostics measure every loss gradient, the ablations run CE: both depend on ce.py
-    assert _ran(proc) == {"attack@digits_std-ce-5", "diagnostics@digits_std",
+    assert _ran(proc) == {"attack@digits_std-ce", "diagnostics@digits_std",
                           "ablations@digits_std", "aggregate", "report"}
     _dvc(repo, "repro")  # back to the original file
 
 
-def test_adding_a_budget_runs_only_new_cells(repo: Path) -> None:
+def test_adding_a_budget_attacks_only_the_new_budget(repo: Path) -> None:
+    """An attack stage holds every budget of its model × loss: adding a budget re-runs the
+    stages, which rebuild the old budget from its kept units (byte-identical, no attack)."""
     _dvc(repo, "repro")
+    old = (repo / "results/attack/digits_std/ce/b5.parquet").read_bytes()
     suite = json.loads(json.dumps(TINY))
     suite["budgets"] = [5, 8]
     _write_params(repo, suite)
@@ -111,8 +114,17 @@ def test_adding_a_budget_runs_only_new_cells(repo: Path) -> None:
         proc = _dvc(repo, "repro")
     finally:
         _write_params(repo, TINY)
-    assert _ran(proc) == {"attack@digits_std-ce-8", "attack@digits_std-tmifpe-8",
+    assert _ran(proc) == {"attack@digits_std-ce", "attack@digits_std-tmifpe",
                           "aggregate", "report"}
+    for loss in ("ce", "tmifpe"):
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                 if f"attack digits_std-{loss}-" in ln
+                 and " points " in ln]
+        old_units = [ln for ln in lines if f"digits_std-{loss}-5 " in ln]
+        new_units = [ln for ln in lines if f"digits_std-{loss}-8 " in ln]
+        assert old_units and all("(resumed)" in ln for ln in old_units), lines
+        assert new_units and not any("(resumed)" in ln for ln in new_units), lines
+    assert (repo / "results/attack/digits_std/ce/b5.parquet").read_bytes() == old
     # the new cells only ran fp32 (bf16 is capped at budget 5)
     frame = pl.read_parquet(repo / "results/attack/digits_std/ce/b8.parquet")
     assert set(frame["precision"]) == {"fp32"}
@@ -199,8 +211,8 @@ def test_exp_run_set_param_runs_only_the_new_cells(repo: Path) -> None:
     finally:
         (repo / "params.yaml").write_text(before)
         _run(repo, "git", "checkout", "--", "dvc.lock")
-    assert _ran(proc) == {"attack@digits_std-ce-2", "attack@digits_std-tmifpe-2",
+    assert _ran(proc) == {"attack@digits_std-ce", "attack@digits_std-tmifpe",
                           "aggregate", "report"}
     assert [k for k in diff if k.startswith("suite.")] == ["suite.budgets"]
-    assert {k.split(".")[1] for k in diff if k.startswith("grid.")} == {"cells", "precisions"}
+    assert {k.split(".")[1] for k in diff if k.startswith("grid.")} == {"precisions"}
     assert set(frame["precision"]) == {"bf16", "fp32"}  # bf16 is capped at 5 >= 2

@@ -54,13 +54,15 @@ def test_override_recomputes_the_grid(tmp_path: Path) -> None:
     assert set(doc["grid"]["precisions"]) == {"b10", "b200"}
     # fp16 and bf16 stop at budget 20 in the default suite; fp64 cap lifted to 200 above
     assert list(doc["grid"]["precisions"]["b200"]) == ["fp32", "fp64"]
-    assert "digits_std-ce-200" in doc["grid"]["cells"] and len(doc["grid"]["cells"]) == 20
+    assert doc["grid"]["cells"]["digits_std-ce"] == {"model": "digits_std", "loss": "ce",
+                                                     "dataset": "digits"}
+    assert len(doc["grid"]["cells"]) == 2 * 5  # one attack stage per model × loss
 
 
 def test_paper_suite_grid_names_and_datasets() -> None:
     doc = yaml.safe_load(composed("suite=paper"))
     suite = parse_suite(doc["suite"])
-    assert len(doc["grid"]["cells"]) == 7 * 5 * 5
+    assert len(doc["grid"]["cells"]) == 7 * 5
     assert doc["grid"]["models"]["mnist_at"] == {"dataset": "mnist"}
-    assert doc["grid"]["cells"]["c100_rade2021_r18-dlr-200"]["dataset"] == "cifar100"
+    assert doc["grid"]["cells"]["c100_rade2021_r18-dlr"]["dataset"] == "cifar100"
     assert suite.model_zoo["c10_standard"].epochs is None  # not trained here: no recipe

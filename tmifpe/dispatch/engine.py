@@ -117,8 +117,7 @@ def submit(client: Any, tasks: list[Task], spec: RunSpec, *, gpu: bool,
     run_id = uuid.uuid4().hex[:8]
     futures: dict[str, Any] = {}
     for t in tasks:
-        item = dict(t.item)
-        priority = PRIORITY.get(t.kind, int(item.get("budget", 0)))
+        priority = PRIORITY.get(t.kind, 0)
         futures[t.stage] = client.submit(
             run_task, spec, t.stage, t.chain, *(futures[u] for u in t.upstream),
             key=f"{t.stage}#{run_id}", resources={"GPU": 1} if gpu and t.gpu else None,

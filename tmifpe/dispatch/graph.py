@@ -31,7 +31,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "data": Kind(("dataset",), gpu=False),
     "model": Kind(("model",), ("data",)),
-    "attack": Kind(("model", "loss", "budget"), ("model",)),
+    "attack": Kind(("model", "loss"), ("model",)),  # every budget in one stage
     "autoattack": Kind(("model",), ("model",)),
     "diagnostics": Kind(("model",), ("model",)),
     "ablations": Kind(("model",), ("model",)),
@@ -43,13 +43,12 @@ AXES: dict[str, Callable[[SuiteParams], list[str]]] = {
     "dataset": lambda s: list(s.datasets),
     "model": lambda s: list(s.models),
     "loss": lambda s: [loss.value for loss in s.losses],
-    "budget": lambda s: [str(b) for b in s.budgets],
 }
 
 
 @dataclass(frozen=True)
 class Task:
-    stage: str  # DVC stage name, e.g. attack@digits_std-ce-10
+    stage: str  # DVC stage name, e.g. attack@digits_std-ce
     kind: str
     item: tuple[tuple[str, str], ...]  # (axis, value) pairs
     upstream: tuple[str, ...]  # stages that must be done first (direct)

@@ -2,8 +2,15 @@
 
 Work is split into units (precision, targeted, batch). Each finished unit is saved atomically in
 a work directory keyed by a hash of everything that determines its result (params, data, model,
-engine and loss source files), so a killed run resumes from its completed units and a changed
-input never reuses a stale unit. The per-example Parquet is written once, at the end, by rename.
+engine and loss source files, the precisions this budget runs at), so a killed run resumes from
+its completed units and a changed input never reuses a stale unit. The per-example Parquet is
+written once, at the end, by rename.
+
+The units are kept after the cell completes (until its inputs change: the next run of the cell
+removes directories of other keys). An attack stage runs every budget of one model × loss, so
+DVC re-runs the whole stage when a budget is added or a precision's cap moves; the budgets
+whose inputs did not change are then rebuilt from their units, byte-identical, without
+attacking again.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from tmifpe.runtime import environment, numerics, resolve_device
 from tmifpe.storage import save_torch, sha256_path, write_json, write_parquet
 
 WORK_ROOT = Path(os.environ.get("TMIFPE_WORK_DIR", ".tmifpe-work")) / "checkpoints"
+KEY_LENGTH = 16  # hex digits of a cell key
 
 
 @dataclass(frozen=True)
@@ -55,21 +63,25 @@ def cell_key(suite: SuiteParams, spec: CellSpec, data_path: Path, model_files: l
         "dataset": [ds_key, ds.model_dump(mode="json")],
         "model": suite.model_zoo[spec.model].model_dump(mode="json"),
         "attack": suite.attack.model_dump(mode="json"),
-        "precisions": {p.value: pp.model_dump(mode="json") for p, pp in suite.precisions.items()},
+        # what this budget runs at (= grid.precisions.b<budget>): a cap elsewhere is no input
+        "precisions": {p.value: {"n_targets": suite.precisions[p].n_targets,
+                                 "n_examples": suite.precisions[p].n_examples}
+                       for p in suite.precisions_for_budget(spec.budget)},
         "code": code_hash("stages.attack", spec.loss.value),  # = the cell's dvc.yaml deps
         "device": resolve_device(suite.device).type,  # never shared across device kinds
         "inputs": [sha256_path(p) for p in [data_path, *model_files] if p.exists()],
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
 
 def run_attack_cell(
     suite: SuiteParams, spec: CellSpec, *, data_path: Path, model_files: list[Path],
-    out: Path, timing_out: Path, work_root: Path = WORK_ROOT,
+    out: Path, timing_out: Path, work_root: Path = WORK_ROOT, net: torch.nn.Module | None = None,
 ) -> pl.DataFrame:
     """Run (or resume) the cell and write its Parquet (environment in its metadata) + timing
     JSON atomically. Each unit is :func:`tmifpe.evaluation.attack.run_unit`, under
-    :func:`tmifpe.runtime.numerics` ``(suite.threads)``."""
+    :func:`tmifpe.runtime.numerics` ``(suite.threads)``. ``net``: the model already loaded by
+    :func:`tmifpe.models.zoo.load_model` (the stage runs every budget on one load)."""
     device = resolve_device(suite.device)
     ds_key, ds = suite.dataset_of(spec.model)
     x_all, y_all = load_eval_points(data_path, ds.n_examples)
@@ -78,7 +90,9 @@ def run_attack_cell(
                               schedule=ap.schedule, momentum=ap.momentum, restarts=ap.restarts,
                               seed=ap.seed, batch_size=ap.batch_size, tstar_rule=ap.tstar_rule)
     work = work_root / f"{spec.name}-{cell_key(suite, spec, data_path, model_files)}"
-    for stale in work_root.glob(f"{spec.name}-*"):  # checkpoints of changed inputs are useless
+    # checkpoints of changed inputs are useless ("<name>-<16 hex>": not another budget's
+    # "<name>0-…" when this budget is a prefix of it, e.g. 10 and 100)
+    for stale in work_root.glob(f"{spec.name}-{'?' * KEY_LENGTH}"):
         if stale != work:
             shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -87,7 +101,8 @@ def run_attack_cell(
     parts, timings = [], []
     with numerics(suite.threads):
         env = environment(device)
-        net = load_model(spec.model, *suite.model_and_dataset(spec.model))
+        if net is None:
+            net = load_model(spec.model, *suite.model_and_dataset(spec.model))
         check_deterministic(net, x_all, name=spec.model)
         models = VerdictModels(net, device)
         for prec, n_targets, start, stop in units:
@@ -113,7 +128,6 @@ def run_attack_cell(
     frame = pl.concat(parts).sort(["precision", "targeted", "example"])
     write_parquet(frame, out, metadata={"environment": env})
     write_json(timings, timing_out)
-    shutil.rmtree(work, ignore_errors=True)
     return frame
 
 

@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-_console = Console(stderr=True, highlight=False)
+_console = Console(stderr=True, highlight=False, soft_wrap=True)  # a line per unit, unwrapped
 
 
 class Progress:

@@ -7,9 +7,11 @@ params.yaml next to the suite when DVC composes it (``dvc exp run``, via the Hyd
 
 - ``models.<model>``: the model's dataset key (foreach of model, autoattack, diagnostics,
   ablations);
-- ``cells.<model>-<loss>-<budget>``: the attack cells, named exactly like the stages;
-- ``precisions.b<budget>``: the precisions a budget runs at (caps applied) with their settings,
-  so changing a cap re-runs only the cells whose budget crosses it;
+- ``cells.<model>-<loss>``: the attack stages, named exactly like them; each runs the cell
+  (model × loss × budget) of every budget, so the fixed cost of a stage (interpreter, torch,
+  DVC's bookkeeping: seconds each) is paid once per model × loss, not once per budget;
+- ``precisions.b<budget>``: the precisions a budget runs at (caps applied) with their settings
+  (what an attack stage depends on, with the budgets);
 - ``precision_settings``: every precision's settings without caps (diagnostics, ablations).
 
 Pure and stdlib-only (the resolver loads this file by path, inside DVC's process);
@@ -54,8 +56,8 @@ def derive_grid(suite: Mapping[str, Any]) -> dict[str, Any]:
     models = [m for m in _list(suite.get("models")) if isinstance(m, str)]
     dataset = {m: _dict(zoo.get(m)).get("dataset") for m in models}
     budgets = _list(suite.get("budgets"))
-    cells = {f"{m}-{loss}-{b}": {"model": m, "loss": loss, "budget": b, "dataset": dataset[m]}
-             for m in models for loss in _list(suite.get("losses")) for b in budgets}
+    cells = {f"{m}-{loss}": {"model": m, "loss": loss, "dataset": dataset[m]}
+             for m in models for loss in _list(suite.get("losses"))}
     precisions = _dict(suite.get("precisions"))
     return {
         "models": {m: {"dataset": dataset[m]} for m in models},
