@@ -214,12 +214,12 @@ def fixed_costs(args: argparse.Namespace) -> dict[str, Any]:
     model, loss, budget = smallest_cell(suite)
     ds_key, _ = suite.dataset_of(model)
     have = (ROOT / "data/eval" / f"{ds_key}.pt").exists() and (ROOT / "models" / model).is_dir()
-    out["cell"] = f"{model}-{loss}-{budget}"
+    out["cell"] = f"{model}-{loss}"  # the attack stage, at one budget (the smallest)
     if not have:
         out["stage_s"] = out["stage_fixed_s"] = out["dvc_overhead_s"] = None
         out["skipped"] = "no data/eval or models/ outputs: run the data and model stages first"
         return out
-    cmd = [py, "-m", "stages.attack", "--model", model, "--loss", loss, "--budget", str(budget)]
+    cmd = [py, "-m", "stages.attack", "--model", model, "--loss", loss]
     # the same stage on a 2-point dataset: all of its cost but the attack is the fixed cost
     import yaml
 
@@ -227,6 +227,7 @@ def fixed_costs(args: argparse.Namespace) -> dict[str, Any]:
 
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     doc["suite"]["datasets"][ds_key]["n_examples"] = FIXED_COST_POINTS
+    doc["suite"]["budgets"] = [budget]
     doc["grid"] = derive_grid(doc["suite"])
     tiny = yaml.safe_dump(doc, sort_keys=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,7 +280,7 @@ def _grid_steps(suite: Any, n_points: dict[str, int]) -> list[dict[str, Any]]:
 def stage_count(suite: Any) -> int:
     n_models = len(suite.models)
     return (len(suite.datasets) + n_models + len(suite.models) * len(suite.losses)
-            * len(suite.budgets) + 4 * n_models + 2)
+            + 4 * n_models + 2)  # attack: one stage per model × loss, every budget inside
 
 
 def other_stages(run_log: Path | None) -> dict[str, Any] | None:

@@ -1,0 +1,1 @@
+"""Datasets: sources (digits, MNIST, CIFAR), integrity checks, evaluation points."""

@@ -1,0 +1,1 @@
+"""Models: the small CNNs trained here and the zoo loader (trained, RobustBench, archives)."""
