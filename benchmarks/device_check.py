@@ -17,14 +17,28 @@ gradient as in an attack (all gaps in one batch). Per dtype it reports
   largest gap with a non-zero entry. The two differ where a kernel flushes subnormals (e.g. a
   batched bf16 matrix product on CPU: the input gradient then vanishes at −ln(smallest normal)).
 
+Autocast (``amp-fp16``, ``amp-bf16``, :class:`tmifpe.precision.Precision`): the same layer with
+float32 weights and a float32 input, forward and loss under ``torch.autocast(device type,
+dtype)`` as the attack engines run it (:meth:`tmifpe.precision.PrecisionModel.autocast`): the
+logits come out in fp16/bf16, ``cross_entropy`` is promoted to fp32, and its logit gradient is
+cast back to fp16/bf16 on the way into the layer. Theory there [derived here, not in
+docs/theory.md §3]: the true-class term is 0 once fp32 rounds 1 + e^{−m} to 1 *or* the cast
+flushes the term, from min(fp32 rounding, dtype underflow) (16.64 for both); the whole logit
+gradient is 0 once e^{−m} is below half the smallest subnormal of fp32 or of the dtype, from
+min(fp32 underflow, dtype underflow) (fp16 17.33, bf16 92.88). So amp-fp16 keeps CE's true-class
+term up to fp32's limit (pure fp16: 7.62) but loses the whole gradient where pure fp16 does.
+
 A measured threshold "agrees" when it is within two grid steps (or two dtype spacings at that gap,
 whichever is larger) of the theory value and no non-zero value follows the first zero. Prints a
-table and writes JSON (default ``benchmarks/results/device_check.<device type>.json``).
+table and writes JSON (default ``benchmarks/results/device_check.<device type>.json``): ``rows``
+(pure dtypes) and ``autocast_rows`` (same fields; ``dtype`` is autocast's dtype, ``precision``
+the mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import time
@@ -38,33 +52,61 @@ from torch import nn
 
 from tmifpe.losses import get_loss
 from tmifpe.losses.tmifpe.tstar import gap_thresholds
+from tmifpe.precision import AUTOCAST_PRECISIONS, Precision
 from tmifpe.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
           "fp64": torch.float64}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 STEP = 1e-3  # grid step of the gap m (the dtype then rounds each m to its own spacing)
 REACH = 1.25  # grid up to REACH × the theory's underflow threshold
 
 
-def gap_grid(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(G,) distinct gaps m of ``dtype`` in [0, REACH·underflow], ascending."""
-    top = REACH * gap_thresholds(dtype)[1]
+def autocast_thresholds(dtype: torch.dtype) -> tuple[float, float]:
+    """(true-class term, whole gradient) limits of CE's top-2 gap under ``torch.autocast`` to
+    ``dtype`` [derived, module docstring]: the loss in fp32, its logit gradient cast to dtype."""
+    r32, u32 = gap_thresholds(torch.float32)
+    underflow = gap_thresholds(dtype)[1]
+    return min(r32, underflow), min(u32, underflow)
+
+
+def theory(precision: Precision) -> tuple[float, float]:
+    """(true-class term, whole gradient) theory limits of ``precision`` (pure or autocast)."""
+    if precision.autocast:
+        return autocast_thresholds(precision.dtype)
+    return gap_thresholds(precision.dtype)
+
+
+def gap_grid(dtype: torch.dtype, device: torch.device, top: float | None = None) -> torch.Tensor:
+    """(G,) distinct gaps m of ``dtype`` in [0, ``top``), ascending; ``top`` defaults to
+    REACH × the dtype's underflow threshold."""
+    top = REACH * gap_thresholds(dtype)[1] if top is None else top
     grid = torch.arange(0.0, top, STEP, dtype=torch.float64).to(dtype)
     return torch.unique(grid).to(device)  # rounding merges neighbours in low precision
 
 
-def ce_gradients(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ce_gradients(m: torch.Tensor, *, autocast: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per gap: (∂L/∂z_y, whole logit gradient zero, whole input gradient zero) of CE with label
     0, logits (m, 0) = an identity 2×2 linear layer of the input x = (m, 0), the whole batch of
-    gaps in one call, everything in m's dtype on m's device."""
-    layer = nn.Linear(2, 2, bias=False, dtype=m.dtype, device=m.device)
+    gaps in one call on m's device. Pure: everything in m's dtype. ``autocast``: float32 layer
+    and input, forward and loss under ``torch.autocast(device type, m.dtype)`` (the logits come
+    out in m's dtype, exactly (m, 0); the loss in fp32)."""
+    weight_dtype = torch.float32 if autocast else m.dtype
+    layer = nn.Linear(2, 2, bias=False, dtype=weight_dtype, device=m.device)
     with torch.no_grad():
-        layer.weight.copy_(torch.eye(2, dtype=m.dtype, device=m.device))
-    x = torch.stack([m, torch.zeros_like(m)], dim=1).requires_grad_(True)
+        layer.weight.copy_(torch.eye(2, dtype=weight_dtype, device=m.device))
+    x = torch.stack([m, torch.zeros_like(m)], dim=1).to(weight_dtype).requires_grad_(True)
     labels = torch.zeros(m.shape[0], dtype=torch.int64, device=m.device)
-    logits = layer(x)
-    loss = get_loss("ce")(logits, labels)
+    ctx = (torch.autocast(m.device.type, dtype=m.dtype) if autocast
+           else contextlib.nullcontext())
+    with ctx:
+        logits = layer(x)
+        loss = get_loss("ce")(logits, labels)
+    if autocast and (logits.dtype != m.dtype or loss.dtype != torch.float32):
+        raise RuntimeError(f"autocast on {m.device.type} gave {logits.dtype} logits and a "
+                           f"{loss.dtype} loss; expected {m.dtype} and torch.float32")
     g_logits, g_x = torch.autograd.grad(loss.sum(), (logits, x))
     return g_logits[:, 0], (g_logits == 0).all(dim=1), (g_x == 0).all(dim=1)
 
@@ -84,18 +126,28 @@ def _agrees(first: float | None, last: float | None, theory: float, dtype: torch
 
 
 def measure(device: torch.device) -> list[dict[str, object]]:
-    """One row per dtype: theory and measured thresholds (module docstring)."""
-    rows = []
-    for name, dtype in DTYPES.items():
-        m = gap_grid(dtype, device)
-        term, logit_zero, input_zero = ce_gradients(m)
-        m64 = m.double().cpu()
-        t_first, t_last = threshold(m64, (term == 0).cpu())
-        l_first, l_last = threshold(m64, logit_zero.cpu())
-        w_first, w_last = threshold(m64, input_zero.cpu())
-        rounding, underflow = gap_thresholds(dtype)
-        rows.append({
-            "dtype": name, "n_gaps": int(m.shape[0]),
+    """One row per pure dtype: theory and measured thresholds (module docstring)."""
+    return [_row(Precision(name), device) for name in DTYPES]
+
+
+def measure_autocast(device: torch.device) -> list[dict[str, object]]:
+    """One row per autocast precision (``amp-fp16``, ``amp-bf16``), same fields as
+    :func:`measure` (``dtype`` = autocast's dtype) plus ``precision``."""
+    return [_row(p, device) for p in AUTOCAST_PRECISIONS]
+
+
+def _row(precision: Precision, device: torch.device) -> dict[str, object]:
+    dtype = precision.dtype
+    rounding, underflow = theory(precision)
+    m = gap_grid(dtype, device, REACH * underflow if precision.autocast else None)
+    term, logit_zero, input_zero = ce_gradients(m, autocast=precision.autocast)
+    m64 = m.double().cpu()
+    t_first, t_last = threshold(m64, (term == 0).cpu())
+    l_first, l_last = threshold(m64, logit_zero.cpu())
+    w_first, w_last = threshold(m64, input_zero.cpu())
+    row: dict[str, object] = {"precision": precision.value} if precision.autocast else {}
+    return {**row,
+            "dtype": _NAMES[dtype], "n_gaps": int(m.shape[0]),
             "theory_true_class": rounding, "true_class_first_zero": t_first,
             "true_class_last_nonzero": t_last,
             "true_class_agrees": _agrees(t_first, t_last, rounding, dtype),
@@ -103,9 +155,7 @@ def measure(device: torch.device) -> list[dict[str, object]]:
             "logit_gradient_first_zero": l_first, "logit_gradient_last_nonzero": l_last,
             "logit_gradient_agrees": _agrees(l_first, l_last, underflow, dtype),
             "input_gradient_first_zero": w_first, "input_gradient_last_nonzero": w_last,
-            "input_gradient_agrees": _agrees(w_first, w_last, underflow, dtype),
-        })
-    return rows
+            "input_gradient_agrees": _agrees(w_first, w_last, underflow, dtype)}
 
 
 def _fmt(x: float | None) -> str:
@@ -126,28 +176,35 @@ def main() -> None:
         raise SystemExit(f"device {args.device!r} is not usable here: {err}") from None
     t0 = time.perf_counter()
     rows = measure(device)
+    autocast_rows = measure_autocast(device)
     wall = time.perf_counter() - t0
     name = str(device) + (f" ({torch.cuda.get_device_name(device)})"
                           if device.type == "cuda" else "")
     table = Table(title=f"CE gradient thresholds on {name}: top-2 gap m (theory | measured)")
-    for col in ("dtype", "term: theory", "term: 0 from", "whole: theory", "logit grad: 0 from",
+    for col in ("precision", "term: theory", "term: 0 from", "whole: theory", "logit grad: 0 from",
                 "input grad: 0 from", "agree (term/logit/input)"):
-        table.add_column(col, justify="left" if col == "dtype" else "right")
-    for r in rows:
+        table.add_column(col, justify="left" if col == "precision" else "right")
+    for r in [*rows, *autocast_rows]:
         agree = "/".join("yes" if r[f"{k}_agrees"] else "NO"
                          for k in ("true_class", "logit_gradient", "input_gradient"))
-        table.add_row(r["dtype"], _fmt(r["theory_true_class"]), _fmt(r["true_class_first_zero"]),
+        table.add_row(str(r.get("precision", r["dtype"])), _fmt(r["theory_true_class"]),
+                      _fmt(r["true_class_first_zero"]),
                       _fmt(r["theory_whole_gradient"]), _fmt(r["logit_gradient_first_zero"]),
                       _fmt(r["input_gradient_first_zero"]), agree)
     Console(width=120).print(table)
+    print("amp-*: torch.autocast, CE in fp32, its logit gradient cast to the dtype (theory: "
+          "min of the fp32 and dtype limits, module docstring)")
     out = args.out or ROOT / f"benchmarks/results/device_check.{device.type}.json"
     write_json({
         "schema_version": 1, "device": name, "torch_version": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"logits": "(m, 0), label 0, identity 2x2 linear layer, CE of tmifpe.losses",
+                     "autocast": "float32 layer and input; forward and CE under torch.autocast("
+                                 "device type, dtype); grid up to the reach x the autocast "
+                                 "whole-gradient threshold",
                      "grid_step": STEP, "grid_reach": f"{REACH} x theory underflow threshold"},
-        "rows": rows, "wall_seconds": round(wall, 3),
+        "rows": rows, "autocast_rows": autocast_rows, "wall_seconds": round(wall, 3),
     }, out)
     print(f"wrote {out} ({wall:.2f} s)")
 

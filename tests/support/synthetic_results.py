@@ -90,6 +90,8 @@ def write_timing(result_file: Path, content: list | dict) -> Path:
 # ------------------------------------------------------------------ seeded demo grid
 LOSS_STRENGTH = {"ce": 0.50, "cw": 0.56, "dlr": 0.58, "mifpe": 0.60, "tmifpe": 0.64}
 PRECISION_PENALTY = {"fp16": 0.10, "bf16": 0.06, "fp32": 0.0, "fp64": 0.0}
+AUTOCAST_PENALTY = {"amp-fp16": 0.04, "amp-bf16": 0.03}  # pass with PRECISION_PENALTY
+LOW_PRECISIONS = ("fp16", "bf16", "amp-fp16", "amp-bf16")
 DEMO_MODELS = {"digits_std": ("digits", 0.93, 0.55), "cifar10_wong": ("cifar10", 0.83, 0.48)}
 
 
@@ -100,10 +102,12 @@ def demo_results(
     budgets: Sequence[int] = (10, 50),
     n_examples: int = 40,
     seed: int = 0,
+    precisions: dict[str, float] | None = None,
 ) -> ResultFiles:
     """Write a full toy grid (models × 5 losses × budgets × 4 precisions × targeted/untargeted
     plus AutoAttack and timing files) under ``root``. ``models``: key → (dataset, clean rate,
-    AutoAttack strength)."""
+    AutoAttack strength); ``precisions``: name → strength penalty (default
+    ``PRECISION_PENALTY``; add ``AUTOCAST_PENALTY`` for the amp-* modes)."""
     rng = np.random.default_rng(seed)
     files = ResultFiles([], [], [])
     for model, (dataset, clean_rate, aa_strength) in (models or DEMO_MODELS).items():
@@ -112,7 +116,8 @@ def demo_results(
         common = {"model": model, "dataset": dataset}
         for loss, strength in LOSS_STRENGTH.items():
             for budget in budgets:
-                frame, timing = _demo_cell(clean, hardness, loss, strength, budget, common)
+                frame, timing = _demo_cell(clean, hardness, loss, strength, budget, common,
+                                           precisions or PRECISION_PENALTY)
                 path = write_cell(frame, root)
                 files.cell_files.append(path)
                 files.timing_files.append(write_timing(path, timing))
@@ -124,10 +129,10 @@ def demo_results(
 
 def _demo_cell(
     clean: np.ndarray, hardness: np.ndarray, loss: str, strength: float, budget: int,
-    common: dict,
+    common: dict, penalties: dict[str, float] = PRECISION_PENALTY,
 ) -> tuple[pl.DataFrame, list[dict]]:
     rows, timing = [], []
-    for precision, penalty in PRECISION_PENALTY.items():
+    for precision, penalty in penalties.items():
         for targeted in (False, True):
             s = strength + 0.03 * targeted + 0.02 * np.log10(budget) - penalty
             n_targets = 3 if targeted else 0
@@ -143,7 +148,7 @@ def _demo_row(
     i: int, cc: bool, h: float, s: float, budget: int, precision: str, n_targets: int
 ) -> dict:
     broken = cc and h < s
-    low = precision in ("fp16", "bf16")
+    low = precision in LOW_PRECISIONS
     runs = max(n_targets, 1)
     margin = (h - s) * 4.0
     row = {

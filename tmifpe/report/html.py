@@ -11,6 +11,7 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tmifpe.report.detail import Table, all_tables
+from tmifpe.report.families import family_table
 from tmifpe.report.fast import fast_section
 from tmifpe.report.output import write_text_atomic
 from tmifpe.report.plots import all_figures
@@ -49,7 +50,8 @@ def html_report(
     fast = fast_section(tables)  # the fast preset beside AutoAttack (None without results)
     contents += [(fast.key, fast.title)] if fast else []
     contents += [(f.key, f.title) for f in figures]
-    contents += [(g.key, g.title) for g in (grids["precision"], grids["dtype_only"],
+    families = family_table(tables)  # pure cast vs autocast
+    contents += [(g.key, g.title) for g in (grids["precision"], grids["dtype_only"], families,
                                             grids["budget"])]
     contents += [(t.key, t.title) for t in details]
     return _environment().get_template("report.html.j2").render(
@@ -59,6 +61,7 @@ def html_report(
         figures=figures,
         tables=details,
         fast=fast,
+        families=families,
         **grids,
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from tmifpe.report.families import DASH, GroupedTable, family_table
 from tmifpe.report.fast import fast_grid
 from tmifpe.report.output import write_text_atomic
 from tmifpe.report.views import (
@@ -28,6 +29,7 @@ _ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "−": r"\ensuremath{-}", "–": "--", "§": r"\S{}", "×": r"\ensuremath{\times}",
 }
 STANDALONE_NAME = "tables_standalone.tex"
 
@@ -85,13 +87,34 @@ def _grid_context(grid: Grid) -> dict:
     }
 
 
+def _grouped_context(table: GroupedTable) -> dict:
+    """A :class:`GroupedTable` for ``tables.tex.j2``: spanning headers with their rules, the
+    column row and ``--`` for a dash."""
+    spans, rules, col = [], [], len(table.lead) + 1
+    for g in table.groups:
+        spans.append({"width": len(g.columns), "label": g.label})
+        rules.append(Tex(f"\\cmidrule(lr){{{col}-{col + len(g.columns) - 1}}}"))
+        col += len(g.columns)
+    return {
+        "key": table.key,
+        "caption": f"{table.title}. {table.note}",
+        "spec": Tex("".join("r" if n else "l" for n in table.lead_numeric)
+                    + "r" * (table.width - len(table.lead))),
+        "lead": list(table.lead), "spans": spans, "rules": rules,
+        "columns": [c for g in table.groups for c in g.columns],
+        "rows": [[Tex("--") if v == DASH else v for v in r] for r in table.rows],
+    }
+
+
 def latex_tables(tables: dict[str, pl.DataFrame]) -> str:
-    """The body of ``tables.tex``: main comparison, precision, budget, dtype-only and fast."""
+    """The body of ``tables.tex``: main comparison, precision, budget, dtype-only, fast, then
+    pure cast vs autocast (:mod:`tmifpe.report.families`)."""
     grids = [main_grid(tables), precision_grid(tables), budget_grid(tables),
              dtype_only_grid(tables)]
     grids += [g for g in (fast_grid(tables),) if g is not None]  # tmifpe/report/fast.py
     usable = [_grid_context(g) for g in grids if g.columns and g.blocks]
-    return _environment().get_template("tables.tex.j2").render(grids=usable)
+    grouped = [_grouped_context(t) for t in (family_table(tables),) if t.rows]
+    return _environment().get_template("tables.tex.j2").render(grids=usable, grouped=grouped)
 
 
 def render_latex(tables: dict[str, pl.DataFrame], out_path: Path) -> tuple[Path, Path]:
