@@ -15,12 +15,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from tmifpe.aggregate.compare_aa import AA_STAGES
 from tmifpe.aggregate.inputs import DEFAULT_SUITE, with_suite
 from tmifpe.aggregate.keys import MODEL_KEYS, robust, robust64
-from tmifpe.aggregate.stats import count
+from tmifpe.aggregate.stats import count, paired_bootstrap_ci
 from tmifpe.evaluation.cost import autoattack_passes
 
 TARGET_GAP_PTS = 0.0
@@ -38,7 +39,8 @@ FAST_COLUMNS: dict[str, pl.DataType] = {
 _AA_ONLY = [f"n_aa_only_{s.replace('-', '_')}" for s in AA_STAGES]
 TABLE_COLUMNS = [
     *FAST_KEYS, "preset", "n", "robust_acc", "robust_acc_fp64", "aa_robust_acc", "gap_vs_aa_pts",
-    "passes_per_point", "aa_passes_per_point", "pass_ratio", "wall_time_s", "aa_wall_time_s",
+    "gap_ci_low", "gap_ci_high", "passes_per_point", "aa_passes_per_point", "pass_ratio",
+    "pass_ratio_ci_low", "pass_ratio_ci_high", "wall_time_s", "aa_wall_time_s",
     "time_ratio", "n_broken_fast_only", "n_broken_aa_only", *_AA_ONLY, "n_guard_broken",
     "n_flag_zero_grad", "n_flag_nonfinite", "randomized", "target_met",
 ]
@@ -124,9 +126,35 @@ def fast_table(fast: pl.DataFrame, fast_timing: pl.DataFrame, aa: pl.DataFrame,
         .with_columns(((pl.col("gap_vs_aa_pts") <= TARGET_GAP_PTS + 1e-9)
                        & (pl.col("pass_ratio") <= TARGET_PASS_RATIO)).alias("target_met"))
     )
+    table = table.join(_bootstrap(both), on=FAST_KEYS, how="left")
     order = pl.col("split").replace_strict(list(SPLITS), list(range(len(SPLITS))))
     return (table.select(TABLE_COLUMNS).with_columns(order.alias("_o"))
             .sort([*MODEL_KEYS, "_o"]).drop("_o"))
+
+
+def _gap_pts(fast_r: np.ndarray, aa_r: np.ndarray, axis: int) -> np.ndarray:
+    return 100.0 * (fast_r.mean(axis) - aa_r.mean(axis))
+
+
+def _pass_ratio(fast_p: np.ndarray, aa_p: np.ndarray, axis: int) -> np.ndarray:
+    return fast_p.mean(axis) / aa_p.mean(axis)
+
+
+def _bootstrap(points: pl.DataFrame) -> pl.DataFrame:
+    """Per model and split: 95% paired percentile bootstrap intervals over points of the gap
+    (points) and of the pass ratio (:func:`tmifpe.aggregate.stats.paired_bootstrap_ci`)."""
+    rows = []
+    for key, g in points.sort([*FAST_KEYS, "example"]).group_by(FAST_KEYS, maintain_order=True):
+        r, a = g["r"].cast(pl.Float64).to_numpy(), g["aa_r"].cast(pl.Float64).to_numpy()
+        fp, ap = g["passes"].cast(pl.Float64).to_numpy(), g["aa_passes"].cast(
+            pl.Float64).to_numpy()
+        gap = paired_bootstrap_ci(_gap_pts, (r, a))
+        ratio = paired_bootstrap_ci(_pass_ratio, (fp, ap)) if ap.sum() > 0 else (None, None)
+        rows.append((*key, *gap, *ratio))
+    schema = {**{k: pl.String for k in FAST_KEYS}, "gap_ci_low": pl.Float64,
+              "gap_ci_high": pl.Float64, "pass_ratio_ci_low": pl.Float64,
+              "pass_ratio_ci_high": pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def fast_metrics(table: pl.DataFrame, digits: int = 4) -> dict[tuple[str, str], dict]:
@@ -142,7 +170,10 @@ def fast_metrics(table: pl.DataFrame, digits: int = 4) -> dict[tuple[str, str], 
         out[(row["suite"], row["model"])] = {
             "split": "held_out", "n": row["n"], "preset": row["preset"],
             "robust_acc": rnd("robust_acc"), "aa_robust_acc": rnd("aa_robust_acc"),
-            "gap_vs_aa_pts": rnd("gap_vs_aa_pts"), "pass_ratio": rnd("pass_ratio"),
+            "gap_vs_aa_pts": rnd("gap_vs_aa_pts"), "gap_ci_low": rnd("gap_ci_low"),
+            "gap_ci_high": rnd("gap_ci_high"), "pass_ratio": rnd("pass_ratio"),
+            "pass_ratio_ci_low": rnd("pass_ratio_ci_low"),
+            "pass_ratio_ci_high": rnd("pass_ratio_ci_high"),
             "time_ratio": rnd("time_ratio"), "passes_per_point": rnd("passes_per_point"),
             "aa_passes_per_point": rnd("aa_passes_per_point"),
             "n_broken_fast_only": row["n_broken_fast_only"],
