@@ -353,6 +353,15 @@ def markdown(doc: dict) -> str:
             out.append(f"| {t['candidate']}{mark} | {'yes' if t['admissible'] else 'no'} | "
                        f"{t['models_gap_gt_0']} | {t['worst_gap_pts']:+.2f} | {t['n_missed']} | "
                        f"{t['mean_pass_ratio']:.4f} | {t['worst_pass_ratio']:.4f} |")
+        ref = doc["reference"]
+        out += ["", f"| reference ({ref['candidate']}) on validation models | gap (pts) [95% CI] "
+                "| pass ratio | missed (AA attack) |", "|" + "---|" * 4]
+        for r in ref["models"]:
+            if r["role"] == "validation":
+                missed = ", ".join(f"#{m['example']} ({m['aa_broken_by']})"
+                                   for m in r["missed"]) or "0"
+                out.append(f"| {r['model']} | {r['gap_vs_aa_pts']:+.2f} [{r['gap_ci_low']:+.2f}, "
+                           f"{r['gap_ci_high']:+.2f}] | {r['pass_ratio']:.4f} | {missed} |")
         return "\n".join(out)
     out += ["", "| component | " + " | ".join(sorted({r["model"] for r in
                                                      doc["components_on_tuning_models"]})) + " |"]
