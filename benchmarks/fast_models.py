@@ -3,6 +3,10 @@ protocol file's ``models`` section, trained once and cached under the work dir.
 
     .venv/bin/python benchmarks/fast_models.py [--protocol benchmarks/fast_protocol.json]
 
+Protocol v2 (``benchmarks/fast_protocol_v2.json``) adds at_s3, at_s4, trades_s2, resbn_at_s1 and
+std_s3 (validation) to v1's nine (tuning); a model's cache key is its ``train`` spec, so v1's
+cached models serve v2 unchanged.
+
 Recipes: ``standard`` and ``pgd_at`` are the default suite's (tmifpe.pipeline.train.train_model,
 same arguments as the model stage), ``trades`` is :func:`tmifpe.pipeline.train.train_trades`.
 Architectures: ``small_cnn`` (the default models') and ``small_resnet`` (batch norm). Data: the

@@ -1,7 +1,7 @@
 """Validating the fast preset on models it was not chosen on (issue 21).
 
     .venv/bin/python benchmarks/fast_validation.py [--protocol benchmarks/fast_protocol.json]
-        [--out benchmarks/results/fast_validation.json] [--fresh]
+        [--out benchmarks/results/fast_validation.json] [--fresh] [--shard i/n]
 
 Follows the committed protocol file (``benchmarks/fast_protocol.json``): trains its models
 (benchmarks/fast_models.py), runs verified standard AutoAttack on each
@@ -11,6 +11,12 @@ runs the selected preset once on every model (:func:`tmifpe.evaluation.fast.run_
 the loss ablation of it, and scores each model against AutoAttack on the same points: robust
 accuracy, gap (points), pass ratio, forward-equivalent ratio, time ratio, paired bootstrap CIs
 over points, and every disagreement with the AutoAttack component that broke the point.
+
+Protocol v2 (``benchmarks/fast_protocol_v2.json``, a ``candidates`` section; :func:`main_v2`):
+candidates are whole compositions scored on every tuning model; :func:`select_cheapest` picks
+the cheapest one with gap <= 0 on every tuning model within the pass-ratio budget; only it (and
+the v1 preset, the reference) is then scored on the validation models. ``--shard i/n`` fills the
+candidate cache in parallel processes; a run without it scores.
 
 Refuses to score when the protocol file differs from its committed version, or from the hash a
 started run recorded in the work dir (``--fresh`` discards that run's scoring caches; trained
@@ -27,6 +33,7 @@ says when AutoAttack's time comes from an earlier process of the same benchmark.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -58,9 +65,16 @@ def protocol_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_protocol(path: Path, work: Path, fresh: bool) -> str:
+LEGACY = "benchmarks/fast_protocol.json"  # the protocol a state file without "protocols" meant
+V1_DIRS = ("components", "preset", "ablation")  # v1's scoring caches (--fresh discards them)
+V2_DIRS = ("candidates", "ablation_v2")  # protocol v2's scoring caches
+
+
+def check_protocol(path: Path, work: Path, fresh: bool,
+                   scoring_dirs: tuple[str, ...] = V1_DIRS) -> str:
     """The protocol's sha256, after refusing an uncommitted/modified protocol or one that differs
-    from the hash a started scoring run recorded (``work/state.json``)."""
+    from the hash a started scoring run of the same protocol file recorded (``work/state.json``,
+    one hash per protocol file)."""
     rel = path.resolve().relative_to(ROOT)
     tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(rel)], cwd=ROOT,
                              capture_output=True).returncode == 0
@@ -71,16 +85,19 @@ def check_protocol(path: Path, work: Path, fresh: bool) -> str:
                          "before scoring)")
     sha = protocol_sha256(path)
     state = work / "state.json"
+    known: dict[str, str] = {}
     if state.exists():
-        started = json.loads(state.read_text())["protocol_sha256"]
-        if started != sha and not fresh:
-            raise SystemExit(f"refusing to score: a run was started with protocol {started[:12]}"
-                             f", the file is now {sha[:12]} (the protocol may not change after "
-                             "scoring starts; --fresh discards that run)")
+        doc = json.loads(state.read_text())
+        known = doc.get("protocols", {LEGACY: doc["protocol_sha256"]})
+    started = known.get(str(rel))
+    if started is not None and started != sha and not fresh:
+        raise SystemExit(f"refusing to score: a run was started with protocol {started[:12]}"
+                         f", the file is now {sha[:12]} (the protocol may not change after "
+                         "scoring starts; --fresh discards that run)")
     if fresh:
-        for sub in ("components", "preset", "ablation"):
+        for sub in scoring_dirs:
             shutil.rmtree(work / sub, ignore_errors=True)
-    write_json({"protocol_sha256": sha}, state)
+    write_json({"protocol_sha256": sha, "protocols": {**known, str(rel): sha}}, state)
     return sha
 
 
@@ -110,7 +127,7 @@ def autoattack(key: str, model: nn.Module, x: Tensor, y: Tensor, eps: float, pro
 
 def phase_of(c: dict) -> Phase:
     return Phase(Kind(c["kind"]), c["steps"], loss=c["loss"], n_targets=c["n_targets"],
-                 targets=c["targets"])
+                 targets=c["targets"], restarts=c.get("restarts", 1))
 
 
 def component(key: str, name: str, c: dict, model: nn.Module, x: Tensor, y: Tensor, eps: float,
@@ -224,6 +241,38 @@ def select(comp: dict[str, dict[str, dict]], aa: dict[str, pl.DataFrame], rule: 
     return chosen, log
 
 
+def select_cheapest(scores: dict[str, dict[str, dict]], rule: dict
+                    ) -> tuple[str, bool, list[dict]]:
+    """Protocol v2's rule (``rule['admissible']``, ``['select']``, ``['fallback']``) on
+    ``scores[candidate][tuning model]`` rows of :func:`score` (``gap_vs_aa_pts``,
+    ``pass_ratio``, ``n_missed``), candidates in protocol order. Returns the selected name,
+    whether the fallback chose it, and one summary row per candidate."""
+    budget = rule["budget_pass_ratio"]
+    table = []
+    for order, (name, per_model) in enumerate(scores.items()):
+        rows = list(per_model.values())
+        gaps = [r["gap_vs_aa_pts"] for r in rows]
+        ratios = [r["pass_ratio"] for r in rows]
+        within = max(ratios) <= budget
+        table.append({"candidate": name, "order": order, "within_budget": within,
+                      "admissible": within and max(gaps) <= 0,
+                      "models_gap_gt_0": sum(g > 0 for g in gaps),
+                      "worst_gap_pts": max(gaps), "sum_gap_pts": round(sum(gaps), 4),
+                      "n_missed": sum(r["n_missed"] for r in rows),
+                      "mean_pass_ratio": round(float(np.mean(ratios)), 5),
+                      "worst_pass_ratio": max(ratios)})
+    ok = [t for t in table if t["admissible"]]
+    if ok:
+        best = min(ok, key=lambda t: (t["mean_pass_ratio"], t["n_missed"], t["order"]))
+        return best["candidate"], False, table
+    within = [t for t in table if t["within_budget"]]
+    if not within:
+        raise SystemExit(f"no candidate stays within pass ratio {budget} on every tuning model")
+    best = min(within, key=lambda t: (t["models_gap_gt_0"], t["worst_gap_pts"], t["sum_gap_pts"],
+                                      t["mean_pass_ratio"], t["order"]))
+    return best["candidate"], True, table
+
+
 # ---------------------------------------------------------------- scoring
 def bootstrap(fast_r: np.ndarray, aa_r: np.ndarray, fast_p: np.ndarray, aa_p: np.ndarray,
               spec: dict) -> dict[str, float]:
@@ -296,6 +345,24 @@ def markdown(doc: dict) -> str:
         out.append(f"| {r['loss']} | {r['model']} | {r['role']} | {100 * r['robust_acc']:.2f} | "
                    f"{100 * r['aa_robust_acc']:.2f} | {r['gap_vs_aa_pts']:+.2f} | "
                    f"{r['pass_ratio']:.4f} | {r['n_missed']} |")
+    if "candidates_on_tuning_models" in doc:  # protocol v2
+        out += ["", "| candidate | admissible | tuning models gap > 0 | worst gap (pts) | "
+                "missed | mean pass ratio | worst pass ratio |", "|" + "---|" * 7]
+        for t in doc["candidates_on_tuning_models"]:
+            mark = " (selected)" if t["candidate"] == doc["selected"] else ""
+            out.append(f"| {t['candidate']}{mark} | {'yes' if t['admissible'] else 'no'} | "
+                       f"{t['models_gap_gt_0']} | {t['worst_gap_pts']:+.2f} | {t['n_missed']} | "
+                       f"{t['mean_pass_ratio']:.4f} | {t['worst_pass_ratio']:.4f} |")
+        ref = doc["reference"]
+        out += ["", f"| reference ({ref['candidate']}) on validation models | gap (pts) [95% CI] "
+                "| pass ratio | missed (AA attack) |", "|" + "---|" * 4]
+        for r in ref["models"]:
+            if r["role"] == "validation":
+                missed = ", ".join(f"#{m['example']} ({m['aa_broken_by']})"
+                                   for m in r["missed"]) or "0"
+                out.append(f"| {r['model']} | {r['gap_vs_aa_pts']:+.2f} [{r['gap_ci_low']:+.2f}, "
+                           f"{r['gap_ci_high']:+.2f}] | {r['pass_ratio']:.4f} | {missed} |")
+        return "\n".join(out)
     out += ["", "| component | " + " | ".join(sorted({r["model"] for r in
                                                      doc["components_on_tuning_models"]})) + " |"]
     models = sorted({r["model"] for r in doc["components_on_tuning_models"]})
@@ -310,6 +377,118 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- protocol v2
+def candidate_config(spec: list[dict], eps: float, proto: dict) -> FastConfig:
+    g = proto["guard"]
+    return FastConfig(eps=eps, phases=tuple(phase_of(c) for c in spec),
+                      guard_queries=g["guard_queries"], escalate_queries=g["escalate_queries"],
+                      tstar_rule=g["tstar_rule"], seed=g["seed"])
+
+
+def main_v2(args: argparse.Namespace, proto: dict, sha: str) -> None:
+    """Protocol v2 (``candidates``): every candidate on every tuning model, the rule's choice
+    (:func:`select_cheapest`), then the choice and the reference on the validation models."""
+    data = digits_data()
+    n = proto["dataset"]["n_points"]
+    x, y = data["x_test"][:n], data["y_test"][:n]
+    specs = proto["models"]
+    tuning = [k for k, s in specs.items() if s["role"] == "tuning"]
+    validation = [k for k, s in specs.items() if s["role"] == "validation"]
+    names = list(proto["candidates"])
+    if args.shard:
+        i, m = (int(v) for v in args.shard.split("/"))
+        names = names[i::m]
+    models = {k: load_or_train(k, specs[k]["train"], data, args.work) for k in tuning}
+    aa = {k: autoattack(k, models[k], x, y, specs[k]["eps"], proto, args.work) for k in tuning}
+    scores: dict[str, dict[str, dict]] = {}
+    for c in names:
+        scores[c] = {}
+        for k in tuning:
+            cfg = candidate_config(proto["candidates"][c], specs[k]["eps"], proto)
+            frame, wall, _ = run_preset("candidates", k, cfg, models[k], x, y, proto, args.work)
+            scores[c][k] = {"candidate": c, "preset": cfg.name,
+                            **score(k, "tuning", specs[k]["eps"], frame, wall, *aa[k],
+                                    proto["bootstrap"])}
+            print(f"  {c} on {k}: gap {scores[c][k]['gap_vs_aa_pts']:+.2f} pts, pass ratio "
+                  f"{scores[c][k]['pass_ratio']:.4f}", flush=True)
+    if args.shard:
+        print(f"shard {args.shard} done")
+        return
+    chosen, fallback, table = select_cheapest(scores, proto["rule"])
+    print("selected:", chosen, "(fallback)" if fallback else "", flush=True)
+    ref = proto["reference"]
+    vmodels = {k: load_or_train(k, specs[k]["train"], data, args.work) for k in validation}
+    rows = [scores[chosen][k] for k in tuning]
+    ref_rows = [scores[ref][k] for k in tuning]
+    for k in validation:
+        aa[k] = autoattack(k, vmodels[k], x, y, specs[k]["eps"], proto, args.work)
+        for c, out in ((chosen, rows), (ref, ref_rows)):
+            cfg = candidate_config(proto["candidates"][c], specs[k]["eps"], proto)
+            frame, wall, _ = run_preset("candidates", k, cfg, vmodels[k], x, y, proto, args.work)
+            out.append({"candidate": c, "preset": cfg.name,
+                        **score(k, "validation", specs[k]["eps"], frame, wall, *aa[k],
+                                proto["bootstrap"])})
+        print(f"  {k} (validation): gap {rows[-1]['gap_vs_aa_pts']:+.2f} pts, pass ratio "
+              f"{rows[-1]['pass_ratio']:.4f}; v1 gap {ref_rows[-1]['gap_vs_aa_pts']:+.2f}",
+              flush=True)
+
+    def verdict(rs: list[dict]) -> dict:
+        val = [r for r in rs if r["role"] == "validation"]
+        target = proto["verdict"]["pass_ratio_target"]
+        return {"validation_models": len(val),
+                "gap_le_0_on_every_validation_model": all(r["gap_vs_aa_pts"] <= 0 for r in val),
+                "models_gap_gt_0": sum(r["gap_vs_aa_pts"] > 0 for r in val),
+                "worst_validation_gap_pts": max(r["gap_vs_aa_pts"] for r in val),
+                "worst_validation_pass_ratio": max(r["pass_ratio"] for r in val),
+                "pass_ratio_le_target_on_every_validation_model":
+                    all(r["pass_ratio"] <= target for r in val),
+                "missed_points": sum(r["n_missed"] for r in val),
+                "broken_fast_only_points": sum(r["n_broken_fast_only"] for r in val)}
+
+    sel_v, ref_v = verdict(rows), verdict(ref_rows)
+    sel_v["passes"] = (sel_v["gap_le_0_on_every_validation_model"]
+                       and sel_v["pass_ratio_le_target_on_every_validation_model"])
+    sel_v["at_least_as_good_as_v1_on_validation"] = (
+        sel_v["models_gap_gt_0"] <= ref_v["models_gap_gt_0"]
+        and sel_v["worst_validation_gap_pts"] <= ref_v["worst_validation_gap_pts"])
+    doc = {
+        "protocol": str(args.protocol.resolve().relative_to(ROOT)), "protocol_sha256": sha,
+        "selected": chosen, "selected_by_fallback": fallback,
+        "selected_phases": proto["candidates"][chosen], "preset": rows[0]["preset"],
+        "candidates_on_tuning_models": table, "verdict": sel_v,
+        "reference": {"candidate": ref, "preset": ref_rows[0]["preset"], "verdict": ref_v,
+                      "models": ref_rows},
+        "wall_time_definition": "seconds of the attack call alone (run_fast_eval / "
+                                "run_autoattack_eval), same machine, threads as in the protocol",
+        "cost_definition": {"passes": "forward + backward passes (fast: n_forward + n_backward + "
+                                      "n_queries + n_verify; AA: 2 n_grad + n_queries)",
+                            "fwd_eq": "a backward weighted as two forwards (fast: n_forward + "
+                                      "2 n_backward + n_queries + n_verify; AA: 3 n_grad + "
+                                      "n_queries)"},
+        "environment": environment("cpu"), "models": rows,
+        "candidate_rows_on_tuning_models": [r for c in scores for r in scores[c].values()],
+        "loss_ablation": [], "loss_ablation_status": "pending",
+    }
+    write_json(doc, args.out)  # the verdict first; the ablation (reported only) follows
+    print(f"wrote {args.out} (verdict)", flush=True)
+    phases = tuple(phase_of(c) for c in proto["candidates"][chosen])
+    for loss in proto["loss_ablation"]["losses"]:
+        ph = tuple(dataclasses.replace(p, loss=loss) for p in phases)
+        for k in validation:
+            cfg = dataclasses.replace(candidate_config(proto["candidates"][chosen],
+                                                       specs[k]["eps"], proto), phases=ph)
+            frame, wall, _ = run_preset("ablation_v2", k, cfg, vmodels[k], x, y, proto,
+                                        args.work)
+            r = score(k, "validation", specs[k]["eps"], frame, wall, *aa[k], proto["bootstrap"])
+            doc["loss_ablation"].append(
+                {"loss": loss, "preset": cfg.name,
+                 **{f: r[f] for f in ("model", "role", "robust_acc", "aa_robust_acc",
+                                      "gap_vs_aa_pts", "pass_ratio", "n_missed")}})
+    doc["loss_ablation_status"] = "done"
+    write_json(doc, args.out)
+    print(f"wrote {args.out} (with the loss ablation)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", type=Path, default=PROTOCOL)
@@ -318,15 +497,22 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--wait-aa", action="store_true",
                     help="wait for AutoAttack caches filled by other processes of this script")
+    ap.add_argument("--shard", default="",
+                    help="i/n: run only every n-th candidate on the tuning models (from i), "
+                         "fill the cache and exit (v2; a run without --shard then scores)")
     ap.add_argument("--markdown", action="store_true",
                     help="print the tables of the written --out JSON as Markdown (no run)")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return
-    sha = check_protocol(args.protocol, args.work, args.fresh)
     proto = json.loads(args.protocol.read_text())
+    v2 = "candidates" in proto
+    sha = check_protocol(args.protocol, args.work, args.fresh, V2_DIRS if v2 else V1_DIRS)
     torch.set_num_threads(proto["threads"])
+    if v2:
+        main_v2(args, proto, sha)
+        return
     data = digits_data()
     n = proto["dataset"]["n_points"]
     x, y = data["x_test"][:n], data["y_test"][:n]

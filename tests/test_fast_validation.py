@@ -137,3 +137,109 @@ def test_validation_metrics_and_report(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(ValueError, match="models"):
         load_validation(path)
+
+
+def _row(gap: float, ratio: float, missed: int = 0) -> dict:
+    return {"gap_vs_aa_pts": gap, "pass_ratio": ratio, "n_missed": missed}
+
+
+V2_RULE = {"budget_pass_ratio": 0.10}
+
+
+def test_v2_rule_picks_the_cheapest_admissible_candidate() -> None:
+    scores = {"cheap_miss": {"a": _row(0.33, 0.03, 1), "b": _row(-1.0, 0.03)},
+              "ok_dear": {"a": _row(0.0, 0.09), "b": _row(-0.3, 0.08)},
+              "ok_cheap": {"a": _row(-0.3, 0.06), "b": _row(0.0, 0.05)},
+              "over_budget": {"a": _row(-2.0, 0.11), "b": _row(-2.0, 0.02)}}
+    chosen, fallback, table = fv.select_cheapest(scores, V2_RULE)
+    assert (chosen, fallback) == ("ok_cheap", False)
+    by = {t["candidate"]: t for t in table}
+    assert not by["cheap_miss"]["admissible"] and by["cheap_miss"]["models_gap_gt_0"] == 1
+    assert not by["over_budget"]["admissible"] and not by["over_budget"]["within_budget"]
+    assert by["ok_cheap"]["mean_pass_ratio"] == 0.055
+
+
+def test_v2_rule_ties_then_fallback() -> None:
+    tie = {"x": {"a": _row(0.0, 0.05, 2)}, "y": {"a": _row(0.0, 0.05, 0)},
+           "z": {"a": _row(0.0, 0.05, 0)}}
+    assert fv.select_cheapest(tie, V2_RULE)[:2] == ("y", False)  # fewer missed, then order
+    none_ok = {"two_bad": {"a": _row(0.3, 0.02), "b": _row(0.3, 0.02)},
+               "one_bad_big": {"a": _row(1.0, 0.09), "b": _row(0.0, 0.09)},
+               "one_bad_small": {"a": _row(0.3, 0.08), "b": _row(-1.0, 0.08)}}
+    assert fv.select_cheapest(none_ok, V2_RULE)[:2] == ("one_bad_small", True)
+    with pytest.raises(SystemExit, match=r"pass ratio 0\.1"):
+        fv.select_cheapest({"x": {"a": _row(0.0, 0.2)}}, V2_RULE)
+
+
+def test_v2_candidate_phases_keep_restarts() -> None:
+    spec = [{"kind": "untargeted", "steps": 20, "loss": "tmifpe", "n_targets": 0,
+             "targets": "rank", "restarts": 1},
+            {"kind": "targeted", "steps": 100, "loss": "dlr", "n_targets": 3,
+             "targets": "malt", "restarts": 2}]
+    cfg = fv.candidate_config(spec, 0.2, {"guard": {"guard_queries": 100,
+                                                    "escalate_queries": 5000,
+                                                    "tstar_rule": "coef", "seed": 0}})
+    assert cfg.name == "tmifpe-u20+dlr-t100-t3mx2+sq100+esc5000"
+    v1 = {k: v for k, v in spec[0].items() if k != "restarts"}  # v1 protocol: no restarts key
+    assert fv.phase_of(v1).restarts == 1
+
+
+def test_v2_protocol_file_is_well_formed() -> None:
+    proto = json.loads((ROOT / "benchmarks/fast_protocol_v2.json").read_text())
+    v1 = json.loads((ROOT / "benchmarks/fast_protocol.json").read_text())
+    roles = {k: s["role"] for k, s in proto["models"].items()}
+    assert {k for k, r in roles.items() if r == "tuning"} == set(v1["models"])
+    assert sum(r == "validation" for r in roles.values()) >= 4
+    assert proto["reference"] in proto["candidates"]
+    for spec in proto["candidates"].values():
+        fv.candidate_config(spec, 0.2, proto)  # every candidate is a valid preset
+
+
+def test_protocol_lock_is_per_protocol_file(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    p1, p2 = repo / "benchmarks/fast_protocol.json", repo / "benchmarks/v2.json"
+    p1.write_text("{}")
+    p2.write_text('{"v": 2}')
+    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                               "commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    old_root = fv.ROOT
+    fv.ROOT = repo
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        # a v1-era state file (one hash, no per-file map) belongs to the v1 protocol
+        (work / "state.json").write_text(json.dumps({"protocol_sha256": "0" * 64}))
+        with pytest.raises(SystemExit, match="protocol may not change"):
+            fv.check_protocol(p1, work, fresh=False)
+        (work / "candidates").mkdir()
+        sha2 = fv.check_protocol(p2, work, fresh=False, scoring_dirs=fv.V2_DIRS)
+        assert (work / "candidates").exists()  # another protocol's run: nothing discarded
+        state = json.loads((work / "state.json").read_text())
+        assert state["protocols"] == {"benchmarks/fast_protocol.json": "0" * 64,
+                                      "benchmarks/v2.json": sha2}
+    finally:
+        fv.ROOT = old_root
+
+
+def test_preset_is_protocol_v2s_selection_in_code_and_suites() -> None:
+    import yaml
+
+    from tmifpe.attacks.fast import PRESET_PHASES, V1_PRESET_PHASES, FastConfig
+
+    doc = json.loads((ROOT / "benchmarks/results/fast_validation_v2.json").read_text())
+    proto = json.loads((ROOT / "benchmarks/fast_protocol_v2.json").read_text())
+    assert doc["protocol_sha256"] == fv.protocol_sha256(ROOT / "benchmarks/fast_protocol_v2.json")
+    # the committed adoption rule of protocol v2 allowed the switch
+    assert doc["verdict"]["passes"] or doc["verdict"]["at_least_as_good_as_v1_on_validation"]
+    selected = tuple(fv.phase_of(p) for p in doc["selected_phases"])
+    assert selected == PRESET_PHASES
+    assert FastConfig(eps=0.2).name == doc["preset"]
+    # v1's preset stays reproducible under its old name
+    v1 = tuple(fv.phase_of(p) for p in proto["candidates"][proto["reference"]])
+    assert v1 == V1_PRESET_PHASES
+    assert FastConfig(eps=0.2, phases=V1_PRESET_PHASES).name == doc["reference"]["preset"]
+    for suite in ("default", "paper"):
+        fast = yaml.safe_load((ROOT / f"conf/suite/{suite}.yaml").read_text())["fast"]
+        assert tuple(fv.phase_of(p) for p in fast["phases"]) == PRESET_PHASES, suite

@@ -5,9 +5,9 @@ Composition (each phase only on the points still robust after the previous ones,
 re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
 
 1. APGD (:func:`tmifpe.attacks.apgd.run_apgd`) phases with T-MIFPE (``PRESET_PHASES``:
-   untargeted 20 iterations; targeted 20 on the nearest class by MALT's linearised distance
-   (:func:`malt_targets`); untargeted 50 from a new random start; targeted 20 on the clean
-   runner-up class (:func:`~tmifpe.attacks.pgd.attack_targets`)), each on the survivors;
+   untargeted 20 iterations; targeted 100 on each of the 3 nearest classes by MALT's linearised
+   distance (:func:`malt_targets`); untargeted 100 from a new random start), each on the
+   survivors;
 2. the guard: pyautoattack's Square attack (gradient-free, public class
    ``pyautoattack.square.SquareAttack``), 100 queries, on the survivors;
 3. escalation (the guard acts): the survivors the flags point at get Square's full budget
@@ -16,10 +16,10 @@ re-verified by a fresh fp32 pass, :mod:`tmifpe.verify`):
    (``zero_grad_steps`` ≥ ``ESCALATE_ZERO_FRACTION`` of its backward passes) or non-finite.
 
 The phases are the preset's (``FastConfig``), chosen by the committed protocol
-``benchmarks/fast_protocol.json`` on tuning models and judged on other models
-(``benchmarks/fast_validation.py``, ``docs/fast.md``). APGD's progress
-measure is passed explicitly: the C&W margin for the scaled losses (MIFPE, T-MIFPE), the loss for
-the others [APGD paper; see :mod:`tmifpe.attacks.apgd`].
+``benchmarks/fast_protocol_v2.json`` on tuning models and judged on other models
+(``benchmarks/fast_validation.py``, ``docs/fast.md``); ``V1_PRESET_PHASES`` is protocol v1's.
+APGD's progress measure is passed explicitly: the C&W margin for the scaled losses (MIFPE,
+T-MIFPE), the loss for the others [APGD paper; see :mod:`tmifpe.attacks.apgd`].
 
 Cost [same accounting as the attack cells and the AutoAttack runner]: ``passes`` =
 forward + backward passes of the gradient phases (as counted by the engines) + Square queries
@@ -148,12 +148,21 @@ class Phase:
         return Progress.MARGIN if parse_loss(self.loss) in SCALED_LOSSES else Progress.LOSS
 
 
-# The preset: selected by the committed protocol benchmarks/fast_protocol.json on its tuning
-# models (greedy gain per pass; benchmarks/fast_validation.py, docs/fast.md), in the order added.
+# The preset: selected by the committed protocol v2 benchmarks/fast_protocol_v2.json on its nine
+# tuning models (cheapest admissible composition; no candidate was admissible, its fallback chose
+# this one: benchmarks/results/fast_validation_v2.json, docs/fast.md), phases in order.
 PRESET_PHASES: tuple[Phase, ...] = (
     Phase(Kind.UNTARGETED, steps=20),
+    Phase(Kind.TARGETED, steps=100, n_targets=3, targets="malt"),  # the 3 nearest by MALT
+    Phase(Kind.UNTARGETED, steps=100),  # a second random start, on the survivors
+)
+
+# protocol v1's selection (benchmarks/fast_protocol.json, results/fast_validation.json): the
+# preset before protocol v2, kept so its results stay reproducible (``FastConfig(phases=...)``).
+V1_PRESET_PHASES: tuple[Phase, ...] = (
+    Phase(Kind.UNTARGETED, steps=20),
     Phase(Kind.TARGETED, steps=20, n_targets=1, targets="malt"),
-    Phase(Kind.UNTARGETED, steps=50),  # a second random start, on the survivors
+    Phase(Kind.UNTARGETED, steps=50),
     Phase(Kind.TARGETED, steps=20, n_targets=1, targets="rank"),
 )
 
