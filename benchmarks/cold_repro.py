@@ -76,14 +76,18 @@ def stage_walls(run_log: Path) -> dict[str, float]:
     return walls
 
 
-def cold_repro(emulate_avx2: bool) -> dict[str, Any]:
-    """Clone HEAD, ``dvc repro`` it cold, return the measurements."""
+def cold_repro(emulate_avx2: bool, workdir: Path | None = None) -> dict[str, Any]:
+    """Clone HEAD, ``dvc repro`` it cold, return the measurements. ``workdir``: clone there
+    (an empty or absent directory) and keep it, outputs, DVC cache and run log included."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="tmifpe-cold-") as tmp:
-        clone = Path(tmp) / "clone"
+    if workdir is not None and workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(f"error: --workdir {workdir} is not empty (expected a new directory)")
+    with tempfile.TemporaryDirectory(prefix="tmifpe-cold-") as scratch:
+        tmp = workdir or Path(scratch)
+        clone = tmp / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        run_log = Path(tmp) / "runs.jsonl"
+        run_log = tmp / "runs.jsonl"
         env = {**os.environ, "TMIFPE_RUN_LOG": str(run_log), "PYTHONHASHSEED": "0",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                **(AVX2_ENV if emulate_avx2 else {})}
@@ -136,12 +140,14 @@ def main() -> None:
     ap.add_argument("--emulate-avx2", action="store_true",
                     help="run with PyTorch/oneDNN dispatch capped at AVX2 (no native bf16)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="clone into this new directory and keep it (outputs, cache, run log)")
     args = ap.parse_args()
     if shutil.which("git") is None:
         raise SystemExit("error: git not found (the benchmark clones the repository)")
     out = args.out or ROOT / "benchmarks/results" / (
         "cold_repro.avx2.json" if args.emulate_avx2 else "cold_repro.json")
-    rec = cold_repro(args.emulate_avx2)
+    rec = cold_repro(args.emulate_avx2, args.workdir)
     from tmifpe.storage import write_json
 
     write_json(rec, out)
