@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -32,17 +33,16 @@ from typing import Any
 
 import pytest
 import yaml
-from support.suites import complete
+from support import repo as repo_support
+from support.suites import complete, write_params
 from test_dispatch import (
     DISPATCH,
     GRID,
     KILLED,
     ROOT,
-    TASKS,
     _counts,
     _dvc,
     _env,
-    _make_repo,
     _per_example_files,
     _run,
 )
@@ -50,17 +50,33 @@ from test_dispatch import (
 from tmifpe.dispatch.graph import FINAL_STAGES
 from tmifpe.pipeline.runlog import read_runs
 
-UNITS = 16  # 40 points in batches of 5, untargeted and targeted: the T-MIFPE cell's units
+# the grid of tests/test_dispatch.py without the CE cell and with 20 points (the sequential
+# reference and the dispatched run each compute it: time): 7 tasks
+LIFE = {**GRID, "losses": ["tmifpe"],
+        "datasets": {"digits": {**GRID["datasets"]["digits"], "n_examples": 20}}}
+TASKS = {"data@digits", "model@digits_std", KILLED, "autoattack@digits_std",
+         "diagnostics@digits_std", "ablations@digits_std", "fast@digits_std"}
+UNITS = 8  # 20 points in batches of 5, untargeted and targeted: the T-MIFPE cell's units
 PREFETCHED = {"data@digits", "model@digits_std"}
 
 
+def _make_repo(path: Path) -> Path:
+    """A git + DVC copy of the project with the grid ``LIFE`` in params.yaml."""
+    repo_support.copy_project(path, ("tmifpe", "stages"), ("dvc.yaml", ".dvcignore"))
+    (path / ".gitignore").write_text("__pycache__/\n/.tmifpe-work/\n")
+    write_params(path / "params.yaml", LIFE)
+    repo_support.init_repo(path)
+    repo_support.commit_all(path, "tiny grid")
+    return path
+
+
 def _hydra_repo(path: Path) -> Path:
-    """The tiny repository with the project's conf/ + Hydra plugin and the grid as a suite."""
+    """The repository with the project's conf/ + Hydra plugin and the grid as suite ``tiny``."""
     repo = _make_repo(path)
     shutil.copytree(ROOT / "conf", repo / "conf")
     shutil.copytree(ROOT / "hydra_plugins", repo / "hydra_plugins",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "conf/suite/tiny.yaml").write_text(yaml.safe_dump(complete(GRID), sort_keys=False))
+    (repo / "conf/suite/tiny.yaml").write_text(yaml.safe_dump(complete(LIFE), sort_keys=False))
     _dvc(repo, "config", "hydra.enabled", "true")
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-qm", "suites as Hydra config")
@@ -101,12 +117,14 @@ def _worker_of(client: Any, stage: str) -> list[str]:
 def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_sequential(
     tmp_path: Path,
 ) -> None:
-    # the reference: a plain sequential `dvc repro` of the same grid
+    t0 = time.monotonic()
+    # the reference: a plain sequential `dvc repro` of the same grid's stages, in its own
+    # repository and DVC cache, computed meanwhile (aggregate and report are not compared)
     seq = _make_repo(tmp_path / "sequential")
-    _dvc(seq, "repro")
-    sequential = _per_example_files(seq)
-    assert len(sequential) >= 5
-
+    seq_log = tmp_path / "sequential.log"
+    with seq_log.open("w") as log:
+        reference = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *sorted(TASKS)],
+                                     cwd=seq, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     repo = _hydra_repo(tmp_path / "repo")
     work = repo / ".tmifpe-work"
     pre = _run(repo, *DISPATCH, "prefetch", "--suite", "tiny")
@@ -115,6 +133,7 @@ def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_seq
     assert not [r for r in runs if r.get("worker")]  # computed here, not by workers
     assert Counter(r["stage"] for r in runs if r["event"] == "done") == Counter(PREFETCHED)
 
+    t_pre = time.monotonic() - t0
     proc = subprocess.Popen([*DISPATCH, "run", "--suite", "tiny", "--workers", "2",
                              "--lifetime", "10 minutes", "--dashboard", ":0"], cwd=repo, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -153,17 +172,25 @@ def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_seq
             reaped_s = _wait_for("the retired attempt's stage process to end",
                                  lambda: not _alive(int(victim["pid"])), 20)
         proc.wait(timeout=600)
+        t_run = time.monotonic() - t0 - t_pre
+        reference.wait(timeout=600)
+        t_seq = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, reference):
+            if p.poll() is None:
+                p.kill()
         if victim is not None and _alive(int(victim["pid"])):
             os.kill(int(victim["pid"]), signal.SIGKILL)
     reader.join(timeout=10)
     out = "".join(lines)
     assert proc.returncode == 0, out
-    assert "8 tasks" in out
+    assert reference.returncode == 0, seq_log.read_text()
+    sequential = _per_example_files(seq)
+    assert len(sequential) >= 5  # attack, autoattack, diagnostics, ablations, fast
+    assert f"{len(TASKS)} tasks" in out
     print(f"froze the cell at {len(frozen)}/{UNITS} units; retired {address}; its stage ended "
-          f"{reaped_s:.1f} s after the retirement")
+          f"{reaped_s:.1f} s after the retirement; prefetch {t_pre:.1f} s, run {t_run:.1f} s, "
+          f"sequential reference done at {t_seq:.1f} s")
 
     runs = read_runs(work / "runs.jsonl")
     worker_runs = [r for r in runs if r.get("worker")]
