@@ -21,15 +21,20 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tmifpe.dispatch.guard PARENT_PID -- COMMAND...", file=sys.stderr)
         return 2
     parent = int(argv[0])
-    child = subprocess.Popen(argv[2:], start_new_session=True)
+    started: list[subprocess.Popen[bytes]] = []
 
     def kill_group(*_: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        for child in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
         sys.exit(128 + signal.SIGKILL)
 
+    # handlers first: a SIGTERM (a closing worker, tmifpe/dispatch/reaper.py) that arrives while
+    # the command starts must not leave it running
     signal.signal(signal.SIGTERM, kill_group)
     signal.signal(signal.SIGINT, kill_group)
+    child = subprocess.Popen(argv[2:], start_new_session=True)
+    started.append(child)
     while True:
         try:
             return child.wait(timeout=0.5)
