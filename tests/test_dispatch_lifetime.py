@@ -155,6 +155,7 @@ def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_seq
         with Client(found[0], timeout="60s") as client:
             _wait_for("the T-MIFPE cell's first saved unit",
                       lambda: _units(work) or proc.poll() is not None, 300, poll=0.01)
+            assert proc.poll() is None, f"the run ended before the cell saved a unit:\n{lines}"
             (victim,) = [r for r in read_runs(work / "runs.jsonl")
                          if r["stage"] == KILLED and r["event"] == "start"]
             os.kill(int(victim["pid"]), signal.SIGSTOP)  # the cell cannot end before retirement
