@@ -149,12 +149,12 @@ def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_seq
 
         _wait_for("the scheduler's address", lambda: any(
             re.search(r"scheduler (tcp://\S+)\)", ln) for ln in list(lines))
-            or proc.poll() is not None, 120)
+            or proc.poll() is not None, 600)
         found = [m[1] for ln in list(lines) if (m := re.search(r"scheduler (tcp://\S+)\)", ln))]
         assert found, "".join(lines)
         with Client(found[0], timeout="60s") as client:
             _wait_for("the T-MIFPE cell's first saved unit",
-                      lambda: _units(work) or proc.poll() is not None, 300, poll=0.01)
+                      lambda: _units(work) or proc.poll() is not None, 600, poll=0.01)
             assert proc.poll() is None, f"the run ended before the cell saved a unit:\n{lines}"
             (victim,) = [r for r in read_runs(work / "runs.jsonl")
                          if r["stage"] == KILLED and r["event"] == "start"]
