@@ -208,7 +208,10 @@ def test_worker_retired_mid_cell_resumes_elsewhere_and_a_named_suite_matches_seq
             and r["event"] == "done"] == [again["attempt"]]
     # ... resuming from the units saved before the stop: exactly those, none recomputed
     log = (work / "logs" / f"{KILLED}.log").read_text()
-    second = log.split(f"attempt {again['attempt']}")[1]
+    first, second = log.split(f"attempt {victim['attempt']}")[1].split(
+        f"attempt {again['attempt']}")
+    # ended by its closing worker (tmifpe/dispatch/reaper.py), not only once the process exited
+    assert "guard: SIGTERM received (the worker is closing)" in first, log
     assert len(re.findall(rf"\[\d+/{UNITS}\]", second)) == UNITS, log
     assert second.count("(resumed)") == len(frozen), log
     assert _counts(runs, "done", final=True) == Counter(FINAL_STAGES)
