@@ -222,10 +222,14 @@ def finish(repo: Path, spec: RunSpec, echo: Callable[[str], None]) -> list[str]:
 def run_grid(client: Any, tasks: list[Task], spec: RunSpec, repo: Path, *, gpu: bool,
              retries: int, finish_here: bool, keep_workspaces: bool,
              echo: Callable[[str], None], no_worker_timeout: float = 1800.0) -> Outcome:
-    """Failed tasks leave the workspaces (and the cells' checkpoints) for a rerun to reuse;
+    """A closing worker ends its running stages (:class:`tmifpe.dispatch.reaper.StageReaper`).
+    Failed tasks leave the workspaces (and the cells' checkpoints) for a rerun to reuse;
     success removes them: the workers' own (``client.run``) and, on a shared filesystem, every
     workspace of this run's commit (workers retired during the run included)."""
+    from tmifpe.dispatch.reaper import StageReaper
+
     t0 = time.monotonic()
+    client.register_plugin(StageReaper())  # workers joining later (adapt, SLURM) get it too
     out = collect(client, submit(client, tasks, spec, gpu=gpu, retries=retries), echo,
                   no_worker_timeout=no_worker_timeout)
     if out.failed:

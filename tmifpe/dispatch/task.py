@@ -6,6 +6,12 @@ cluster without a shared filesystem, a DVC remote. The task runs
 ``dvc repro --single-item <upstream...> <stage>``: the upstream stages (finished by other workers
 before this task was scheduled) are restored from DVC's run-cache into this workspace, not
 computed, and then the stage itself runs, or is restored if an identical run is already cached.
+
+Each stage runs under :mod:`tmifpe.dispatch.guard`, and a worker that closes (a retirement at its
+``--lifetime`` included) ends its running stages at once (:func:`terminate_stages`, called by the
+worker plugin :class:`tmifpe.dispatch.reaper.StageReaper`): the scheduler has already given their
+tasks to other workers, and a stage left running would compute the same cell a second time beside
+the rescheduled attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -54,6 +61,21 @@ class RunSpec:
         return Path(self.work_dir) / "runs.jsonl"
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # guards of the stages this worker process runs
+_RUNNING_LOCK = threading.Lock()
+
+
+def terminate_stages() -> int:
+    """SIGTERM the guard of every stage this worker process still runs (each guard then kills its
+    stage's process group); returns how many. Called when the worker closes
+    (:class:`tmifpe.dispatch.reaper.StageReaper`)."""
+    with _RUNNING_LOCK:
+        running = [g for g in _RUNNING if g.poll() is None]
+    for guard in running:
+        guard.terminate()
+    return len(running)
+
+
 class StageFailed(RuntimeError):
     """``dvc repro`` of a task exited non-zero; the message names the stage and its log."""
 
@@ -89,8 +111,15 @@ def run_task(spec: RunSpec, stage: str, chain: tuple[str, ...], *upstream: Any) 
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
             guarded = [sys.executable, "-m", "tmifpe.dispatch.guard", str(os.getpid()), "--", *cmd]
-            rc = subprocess.run(guarded, cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL).returncode
+            guard = subprocess.Popen(guarded, cwd=ws, env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            with _RUNNING_LOCK:
+                _RUNNING.add(guard)
+            try:
+                rc = guard.wait()
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(guard)
             if rc != 0:
                 raise StageFailed(f"{stage}: `{' '.join(cmd)}` exited with {rc} on worker {name}; "
                                   f"see {log}")
