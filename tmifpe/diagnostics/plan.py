@@ -18,8 +18,11 @@ from tmifpe.precision import Precision, PrecisionModel
 
 MEASURED_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.AMP_FP16,
                        Precision.AMP_BF16)
-# CPU fp16 convolutions are ~15x slower than fp32: fp16 is measured on a gap-stratified subset.
-MAX_POINTS = {Precision.FP16: 120, Precision.AMP_FP16: 120}
+# CPU fp16 convolutions are ~15x slower than fp32, bf16 ones as slow on CPUs without native bf16
+# (benchmarks/results/cold_repro.avx2.json: the diagnostics were the second-longest stage kind
+# there): every precision but fp32 is measured on a gap-stratified subset.
+MAX_POINTS = {Precision.FP16: 120, Precision.BF16: 120, Precision.AMP_FP16: 120,
+              Precision.AMP_BF16: 120}
 DEFAULT_TARGETS = 3  # targeted t* trace when the suite has no fp32 n_targets
 POINT_STEPS = (5, 10, 20)  # PGD iterates diagnosed besides the clean points
 TRACE_STEPS = 20  # budget of the T-MIFPE t* trace
