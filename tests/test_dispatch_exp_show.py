@@ -34,5 +34,5 @@ def test_readme_drop_pattern_hides_the_derived_grid_only() -> None:
     for text in ((ROOT / "params.yaml").read_text(), compose(ROOT, ["suite=paper"])):
         columns = _columns(yaml.safe_load(text))
         grid = [c for c in columns if c.startswith("grid.")]
-        assert len(grid) > 100
+        assert len(grid) > 50  # many derived keys (one attack stage per model × loss)
         assert [c for c in columns if drop.match(c)] == grid

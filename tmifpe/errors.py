@@ -41,9 +41,20 @@ class Failure(RuntimeError):
     exception type in the message."""
 
 
+_SET_BY_FLAG = False  # DEBUG_ENV was set by --debug (not by the user's environment)
+
+
 def set_debug(on: bool) -> None:
+    """``--debug`` of this invocation, exported in DEBUG_ENV so that stage processes inherit it;
+    an invocation without it clears what an earlier ``--debug`` in the same process set (a
+    user's own DEBUG_ENV is left alone)."""
+    global _SET_BY_FLAG
     if on:
         os.environ[DEBUG_ENV] = "1"
+        _SET_BY_FLAG = True
+    elif _SET_BY_FLAG:
+        os.environ.pop(DEBUG_ENV, None)
+        _SET_BY_FLAG = False
 
 
 def debug() -> bool:
