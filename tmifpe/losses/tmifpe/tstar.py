@@ -48,6 +48,7 @@ _MAX_EXPONENT = 700.0  # e^{-700} is a normal float64: no subnormal slow path
 _MAX_RATIO = 1e100  # clamp for gap ratios; (1e100)^2 · e^{-700} is still negligible
 _TOL = 1e-14  # absolute tolerance on log t of the Newton refinement
 _MAX_ITER = 100
+_ACCEL_CHECK_EVERY = 4  # Newton rounds between convergence checks off the CPU (host syncs)
 _CHUNK_ELEMENTS = 1 << 18  # elements per evaluation block (keeps blocks in cache)
 _CAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -138,7 +139,10 @@ def _validate(logits: Tensor, labels: Tensor, targets: Tensor | None) -> None:
             continue
         if v.shape != (n,) or v.is_floating_point() or v.is_complex():
             raise ValueError(f"{name} must be an integer ({n},) tensor, got {v.dtype} {v.shape}")
-        if n and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+        # the range is read on the CPU only: on an accelerator each read synchronises it with
+        # the host at every attack step; the engines (tmifpe.attacks.runs.check_class_range)
+        # and the API check it once per run, and an out-of-range index fails in the gathers
+        if n and v.device.type == "cpu" and (int(v.min()) < 0 or int(v.max()) >= num_classes):
             raise ValueError(f"{name} out of range [0, {num_classes})")
 
 
@@ -259,7 +263,8 @@ def _newton_max(
     """
     prev = hi - lo
     done = torch.zeros_like(x, dtype=torch.bool)
-    for _ in range(_MAX_ITER):
+    every = convergence_check_every(x.device)
+    for i in range(_MAX_ITER):
         d1, d2 = fn(x)
         lo = torch.where(d1 >= 0, x, lo)
         hi = torch.where(d1 <= 0, x, hi)
@@ -272,6 +277,14 @@ def _newton_max(
         new = torch.where(done, x, new)  # converged entries stay put
         prev, x = new - x, new
         done |= prev.abs() <= _TOL
-        if bool(done.all()):
+        if (i + 1) % every == 0 and bool(done.all()):
             break
     return x
+
+
+def convergence_check_every(device: torch.device) -> int:
+    """Newton rounds between two convergence checks of :func:`_newton_max`: every round on the
+    CPU (reading a CPU tensor is free), every :data:`_ACCEL_CHECK_EVERY` th elsewhere (each
+    check synchronises the accelerator with the host). Converged entries stay put, so the
+    result does not depend on it [derived]."""
+    return 1 if device.type == "cpu" else _ACCEL_CHECK_EVERY
