@@ -32,3 +32,12 @@ def test_users_own_debug_environment_is_kept(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(DEBUG_ENV, "1")
     res = _missing_model(tmp_path)
     assert res.exit_code == 2 and "Traceback" in res.stderr
+
+
+def test_debug_is_cleared_when_the_invocation_ends(tmp_path, monkeypatch) -> None:
+    """Subprocesses started after an in-process ``--debug`` run must not inherit it."""
+    import os
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    _missing_model(tmp_path, "--debug")
+    assert DEBUG_ENV not in os.environ

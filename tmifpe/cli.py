@@ -72,6 +72,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option(
@@ -82,6 +83,7 @@ def main(
     from tmifpe.errors import set_debug
 
     set_debug(debug)
+    ctx.call_on_close(lambda: set_debug(False))  # this invocation only (in-process callers)
 
 
 @app.command()
