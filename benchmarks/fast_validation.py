@@ -273,6 +273,18 @@ def select_cheapest(scores: dict[str, dict[str, dict]], rule: dict
     return best["candidate"], True, table
 
 
+# How wall time and cost are counted, written into every result file (protocols v1 and v2).
+DEFINITIONS: dict[str, Any] = {
+    "wall_time_definition": "seconds of the attack call alone (run_fast_eval / "
+                            "run_autoattack_eval), same machine, threads as in the protocol",
+    "cost_definition": {"passes": "forward + backward passes (fast: n_forward + n_backward + "
+                                  "n_queries + n_verify; AA: 2 n_grad + n_queries)",
+                        "fwd_eq": "a backward weighted as two forwards (fast: n_forward + "
+                                  "2 n_backward + n_queries + n_verify; AA: 3 n_grad + "
+                                  "n_queries)"},
+}
+
+
 # ---------------------------------------------------------------- scoring
 def bootstrap(fast_r: np.ndarray, aa_r: np.ndarray, fast_p: np.ndarray, aa_p: np.ndarray,
               spec: dict) -> dict[str, float]:
@@ -458,13 +470,7 @@ def main_v2(args: argparse.Namespace, proto: dict, sha: str) -> None:
         "candidates_on_tuning_models": table, "verdict": sel_v,
         "reference": {"candidate": ref, "preset": ref_rows[0]["preset"], "verdict": ref_v,
                       "models": ref_rows},
-        "wall_time_definition": "seconds of the attack call alone (run_fast_eval / "
-                                "run_autoattack_eval), same machine, threads as in the protocol",
-        "cost_definition": {"passes": "forward + backward passes (fast: n_forward + n_backward + "
-                                      "n_queries + n_verify; AA: 2 n_grad + n_queries)",
-                            "fwd_eq": "a backward weighted as two forwards (fast: n_forward + "
-                                      "2 n_backward + n_queries + n_verify; AA: 3 n_grad + "
-                                      "n_queries)"},
+        **DEFINITIONS,
         "environment": environment("cpu"), "models": rows,
         "candidate_rows_on_tuning_models": [r for c in scores for r in scores[c].values()],
         "loss_ablation": [], "loss_ablation_status": "pending",
@@ -566,13 +572,7 @@ def main() -> None:
                     "gap_le_0_on_every_validation_model": all(r["gap_vs_aa_pts"] <= 0 for r in val),
                     "worst_validation_gap_pts": max(r["gap_vs_aa_pts"] for r in val),
                     "worst_validation_pass_ratio": max(r["pass_ratio"] for r in val)},
-        "wall_time_definition": "seconds of the attack call alone (run_fast_eval / "
-                                "run_autoattack_eval), same machine, threads as in the protocol",
-        "cost_definition": {"passes": "forward + backward passes (fast: n_forward + n_backward + "
-                                      "n_queries + n_verify; AA: 2 n_grad + n_queries)",
-                            "fwd_eq": "a backward weighted as two forwards (fast: n_forward + "
-                                      "2 n_backward + n_queries + n_verify; AA: 3 n_grad + "
-                                      "n_queries)"},
+        **DEFINITIONS,
         "environment": environment("cpu"), "models": rows, "loss_ablation": ablation,
         "components_on_tuning_models": comp_rows,
     }, args.out)

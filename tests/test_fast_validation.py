@@ -80,14 +80,19 @@ def test_bootstrap_is_paired_and_covers_the_estimate() -> None:
     assert same["gap_ci_low"] == same["gap_ci_high"] == 0
 
 
+def _commit_all(repo: Path) -> None:
+    """``git init`` ``repo`` and commit every file in it (the protocol lock asks git)."""
+    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                               "commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+
+
 def test_protocol_lock_refuses_a_changed_protocol(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     proto = repo / "benchmarks/p.json"
     proto.write_text("{}")
-    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t",
-                                               "commit", "-qm", "p"]):
-        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    _commit_all(repo)
     old_root = fv.ROOT
     fv.ROOT = repo
     try:
@@ -201,9 +206,7 @@ def test_protocol_lock_is_per_protocol_file(tmp_path: Path) -> None:
     p1, p2 = repo / "benchmarks/fast_protocol.json", repo / "benchmarks/v2.json"
     p1.write_text("{}")
     p2.write_text('{"v": 2}')
-    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t",
-                                               "commit", "-qm", "p"]):
-        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    _commit_all(repo)
     old_root = fv.ROOT
     fv.ROOT = repo
     try:
