@@ -127,7 +127,8 @@ def autoattack(key: str, model: nn.Module, x: Tensor, y: Tensor, eps: float, pro
 
 def phase_of(c: dict) -> Phase:
     return Phase(Kind(c["kind"]), c["steps"], loss=c["loss"], n_targets=c["n_targets"],
-                 targets=c["targets"], restarts=c.get("restarts", 1))
+                 targets=c["targets"], restarts=c.get("restarts", 1),
+                 focus=c.get("focus", 1.0))
 
 
 def component(key: str, name: str, c: dict, model: nn.Module, x: Tensor, y: Tensor, eps: float,

@@ -200,6 +200,22 @@ def test_v2_protocol_file_is_well_formed() -> None:
         fv.candidate_config(spec, 0.2, proto)  # every candidate is a valid preset
 
 
+def test_v3_protocol_file_is_well_formed() -> None:
+    """v3 tunes on every model v2 scored and validates on models no protocol scored before."""
+    proto = json.loads((ROOT / "benchmarks/fast_protocol_v3.json").read_text())
+    v2 = json.loads((ROOT / "benchmarks/fast_protocol_v2.json").read_text())
+    roles = {k: s["role"] for k, s in proto["models"].items()}
+    assert {k for k, r in roles.items() if r == "tuning"} == set(v2["models"])
+    fresh = {k for k, r in roles.items() if r == "validation"}
+    assert len(fresh) >= 5 and not fresh & set(v2["models"])
+    seen = [s["train"] for s in v2["models"].values()]
+    assert all(proto["models"][k]["train"] not in seen for k in fresh)  # new draws, not renames
+    assert proto["candidates"][proto["reference"]] == [
+        {**p, "focus": 1.0} for p in v2["candidates"]["u20+t100k3m+u100"]]
+    for spec in proto["candidates"].values():
+        fv.candidate_config(spec, 0.2, proto)  # every candidate is a valid preset
+
+
 def test_protocol_lock_is_per_protocol_file(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,7 @@ from tmifpe.attacks.pgd import attack_targets
 from tmifpe.attacks.runs import PGDResult, batch_seed
 from tmifpe.losses import LossFn, LossName, get_loss, parse_loss
 from tmifpe.precision import Precision, PrecisionModel
-from tmifpe.verify import Verdict, clean_correct, in_threat_model, verify
+from tmifpe.verify import Verdict, clean_correct, in_threat_model, margin, verify
 
 SCALED_LOSSES = (LossName.MIFPE, LossName.TMIFPE)  # APGD judges them by the margin
 GUARD = "square"  # name of the guard phase in ``broken_by``
@@ -111,7 +112,11 @@ class Kind(str, enum.Enum):
 @dataclass(frozen=True)
 class Phase:
     """One gradient phase: APGD with ``loss`` for ``steps`` iterations, ``restarts`` runs
-    (each on the survivors), targeted on ``n_targets`` clean-ranked classes if TARGETED."""
+    (each on the survivors), targeted on ``n_targets`` classes if TARGETED (``targets``: clean
+    logit rank or MALT). ``focus`` < 1 spends the phase adaptively [after A³, Liu et al. 2022:
+    budget where it pays]: only on the ``ceil(focus · n)`` of the n survivors of the batch with
+    the smallest fp32 margin z_y − max_{j≠y} z_j seen so far (at every earlier phase's returned
+    iterate), i.e. the points closest to breaking."""
 
     kind: Kind
     steps: int
@@ -119,6 +124,7 @@ class Phase:
     n_targets: int = 0
     restarts: int = 1
     targets: str = "rank"  # "rank" (clean logit rank 2…) or "malt" (malt_targets)
+    focus: float = 1.0  # fraction of the survivors attacked, smallest margin first
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
@@ -130,6 +136,8 @@ class Phase:
             raise ValueError(f"phase steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
             raise ValueError(f"phase restarts must be >= 1, got {self.restarts}")
+        if not 0.0 < self.focus <= 1.0:
+            raise ValueError(f"phase focus must be in (0, 1], got {self.focus}")
         if (self.kind is Kind.TARGETED) != (self.n_targets > 0):
             raise ValueError(f"a targeted phase needs n_targets >= 1 and an untargeted one 0, "
                              f"got {self.kind.value} with n_targets={self.n_targets}")
@@ -139,7 +147,8 @@ class Phase:
         tail = f"-t{self.n_targets}" if self.kind is Kind.TARGETED else ""
         tail += "m" if self.kind is Kind.TARGETED and self.targets == "malt" else ""
         rs = f"x{self.restarts}" if self.restarts > 1 else ""
-        return f"{self.loss}-{self.kind.value[0]}{self.steps}{tail}{rs}"
+        focus = f"@{self.focus:g}" if self.focus < 1.0 else ""
+        return f"{self.loss}-{self.kind.value[0]}{self.steps}{tail}{rs}{focus}"
 
     @property
     def progress(self) -> Progress:
@@ -271,16 +280,21 @@ def _run_batch(ref32: PrecisionModel, ref64: PrecisionModel, x: Tensor, y: Tenso
         return torch.zeros(n, dtype=torch.int64)
 
     fwd, bwd, queries, n_ver, zero, nonfin = z(), z(), z(), z(), z(), z()
+    closest = margin(clean, y).cpu()  # smallest fp32 margin seen per point (``Phase.focus``)
     gen = torch.Generator().manual_seed(batch_seed(cfg.seed, False, batch))
     for phase in cfg.phases:
         if not bool(alive.any()):
             break
-        res = _run_phase(ref32, x, y, clean, alive, phase, cfg, gen)
+        attacked = focus_mask(alive, closest, phase.focus)
+        res = _run_phase(ref32, x, y, clean, attacked, phase, cfg, gen)
         fwd += res.n_forward
         bwd += res.n_backward
         zero += res.zero_grad_steps
         nonfin += res.nonfinite_steps
-        _accept(ref32, x, y, res.x_adv, alive, n_ver, x_adv, broken_by, phase.name, cfg.eps)
+        still = attacked.clone()
+        _accept(ref32, x, y, res.x_adv, still, n_ver, x_adv, broken_by, phase.name, cfg.eps,
+                closest)
+        alive &= ~(attacked & ~still)  # the attacked rows the phase broke leave ``alive``
     survivors = alive.clone()
     if cfg.guard_queries > 0 and bool(alive.any()):
         adv_sq = square_guard(ref32, x, y, alive, cfg.guard_queries, cfg, queries)
@@ -310,6 +324,19 @@ def escalation_mask(guard_broken: Tensor, zero_grad_steps: Tensor, nonfinite_ste
     return (nonfinite_steps > 0) | (mostly_zero & (zero_grad_steps > 0))
 
 
+def focus_mask(alive: Tensor, closest: Tensor, focus: float) -> Tensor:
+    """(N,) bool: the ``ceil(focus · n)`` of the n ``alive`` rows with the smallest ``closest``
+    margin (ties: lower index first; stable), all of them at ``focus`` = 1."""
+    if focus >= 1.0:
+        return alive.clone()
+    idx = alive.nonzero().squeeze(1)
+    k = math.ceil(focus * idx.numel())
+    order = torch.sort(closest[idx], stable=True).indices[:k]
+    out = torch.zeros_like(alive)
+    out[idx[order]] = True
+    return out
+
+
 def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive: Tensor,
                phase: Phase, cfg: FastConfig, gen: torch.Generator) -> PGDResult:
     targeted = phase.kind is Kind.TARGETED
@@ -336,10 +363,12 @@ def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive
 
 
 def _accept(ref32: PrecisionModel, x: Tensor, y: Tensor, cand: Tensor, alive: Tensor,
-            n_ver: Tensor, x_adv: Tensor, broken_by: list[str], name: str, eps: float) -> None:
+            n_ver: Tensor, x_adv: Tensor, broken_by: list[str], name: str, eps: float,
+            closest: Tensor | None = None) -> None:
     """Fresh fp32 check of the candidates of the ``alive`` rows (broken: inside the ball, finite
     logits, argmax ≠ label, as :meth:`tmifpe.verify.Verdict.broken`); broken ones leave ``alive``
-    (updated in place with ``n_ver``, ``x_adv``, ``broken_by``)."""
+    (updated in place with ``n_ver``, ``x_adv``, ``broken_by``). ``closest`` (per-row smallest
+    fp32 margin so far) is lowered in place with the candidates' finite margins."""
     idx = alive.nonzero().squeeze(1)
     dev_idx = idx.to(x.device)
     xc = cand[idx].to(x.device)
@@ -349,6 +378,10 @@ def _accept(ref32: PrecisionModel, x: Tensor, y: Tensor, cand: Tensor, alive: Te
     wrong = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) != y[dev_idx])
     ok = (in_threat_model(x[dev_idx], xc, eps) & wrong).cpu()
     n_ver[idx] += 1
+    if closest is not None:
+        m = margin(logits, y[dev_idx]).cpu()
+        m = torch.where(torch.isfinite(m), m, torch.full_like(m, float("inf")))
+        closest[idx] = torch.minimum(closest[idx], m)
     rows = idx[ok]
     alive[rows] = False
     x_adv[rows] = xc[ok].cpu()

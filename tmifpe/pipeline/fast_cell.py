@@ -25,7 +25,7 @@ __all__ = ["HELD_OUT", "TUNING", "preset_config", "run_fast_cell", "split_labels
 def preset_config(params: FastParams, eps: float) -> FastConfig:
     """The preset the suite's ``fast:`` section describes, at ``eps``."""
     phases = tuple(Phase(Kind(p.kind), p.steps, p.loss.value, p.n_targets, p.restarts,
-                         p.targets) for p in params.phases)
+                         p.targets, p.focus) for p in params.phases)
     return FastConfig(eps=eps, phases=phases, guard_queries=params.guard_queries,
                       guard_p_init=params.guard_p_init, escalate_queries=params.escalate_queries,
                       tstar_rule=params.tstar_rule,

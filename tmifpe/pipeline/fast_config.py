@@ -27,6 +27,9 @@ class FastPhaseParams(Frozen):
     # target choice of a targeted phase: clean logit rank or MALT's linearised distance
     # (tmifpe.attacks.fast.malt_targets); default "rank" keeps older suite files valid
     targets: Literal["rank", "malt"] = "rank"
+    # fraction of the survivors the phase attacks, smallest fp32 margin first
+    # (tmifpe.attacks.fast.Phase.focus); default 1 (every survivor) keeps older suite files valid
+    focus: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _targets(self) -> FastPhaseParams:
