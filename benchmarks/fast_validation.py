@@ -442,7 +442,7 @@ def main_v2(args: argparse.Namespace, proto: dict, sha: str) -> None:
                         **score(k, "validation", specs[k]["eps"], frame, wall, *aa[k],
                                 proto["bootstrap"])})
         print(f"  {k} (validation): gap {rows[-1]['gap_vs_aa_pts']:+.2f} pts, pass ratio "
-              f"{rows[-1]['pass_ratio']:.4f}; v1 gap {ref_rows[-1]['gap_vs_aa_pts']:+.2f}",
+              f"{rows[-1]['pass_ratio']:.4f}; reference gap {ref_rows[-1]['gap_vs_aa_pts']:+.2f}",
               flush=True)
 
     def verdict(rs: list[dict]) -> dict:
