@@ -191,7 +191,8 @@ def test_fast_rows_identical_through_cli_api_and_cell(digits_cnn, tmp_path, monk
     api = tmifpe.evaluate_fast(model, data.x, data.y, eps=0.2)
     preset = FastConfig(eps=0.2)  # the cell's suite names the preset's settings explicitly
     fast = {"phases": [{"kind": p.kind.value, "steps": p.steps, "loss": p.loss,
-                        "n_targets": p.n_targets, "restarts": p.restarts, "targets": p.targets}
+                        "n_targets": p.n_targets, "restarts": p.restarts, "targets": p.targets,
+                        "focus": p.focus}
                        for p in PRESET_PHASES],
             "guard_queries": preset.guard_queries, "guard_p_init": preset.guard_p_init,
             "tstar_rule": preset.tstar_rule, "batch_size": preset.batch_size, "seed": preset.seed}

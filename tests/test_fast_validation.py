@@ -242,23 +242,33 @@ def test_protocol_lock_is_per_protocol_file(tmp_path: Path) -> None:
         fv.ROOT = old_root
 
 
-def test_preset_is_protocol_v2s_selection_in_code_and_suites() -> None:
+def test_preset_is_protocol_v3s_selection_in_code_and_suites() -> None:
     import yaml
 
-    from tmifpe.attacks.fast import PRESET_PHASES, V1_PRESET_PHASES, FastConfig
+    from tmifpe.attacks.fast import (
+        PRESET_PHASES,
+        V1_PRESET_PHASES,
+        V2_PRESET_PHASES,
+        FastConfig,
+    )
 
-    doc = json.loads((ROOT / "benchmarks/results/fast_validation_v2.json").read_text())
-    proto = json.loads((ROOT / "benchmarks/fast_protocol_v2.json").read_text())
-    assert doc["protocol_sha256"] == fv.protocol_sha256(ROOT / "benchmarks/fast_protocol_v2.json")
-    # the committed adoption rule of protocol v2 allowed the switch
+    doc = json.loads((ROOT / "benchmarks/results/fast_validation_v3.json").read_text())
+    proto = json.loads((ROOT / "benchmarks/fast_protocol_v3.json").read_text())
+    assert doc["protocol_sha256"] == fv.protocol_sha256(ROOT / "benchmarks/fast_protocol_v3.json")
+    # the committed adoption rule of protocol v3 allowed the switch
     assert doc["verdict"]["passes"] or doc["verdict"]["at_least_as_good_as_v1_on_validation"]
     selected = tuple(fv.phase_of(p) for p in doc["selected_phases"])
     assert selected == PRESET_PHASES
     assert FastConfig(eps=0.2).name == doc["preset"]
-    # v1's preset stays reproducible under its old name
-    v1 = tuple(fv.phase_of(p) for p in proto["candidates"][proto["reference"]])
-    assert v1 == V1_PRESET_PHASES
-    assert FastConfig(eps=0.2, phases=V1_PRESET_PHASES).name == doc["reference"]["preset"]
+    # v2's preset (v3's reference) and v1's stay reproducible under their old names
+    v2 = tuple(fv.phase_of(p) for p in proto["candidates"][proto["reference"]])
+    assert v2 == V2_PRESET_PHASES
+    assert FastConfig(eps=0.2, phases=V2_PRESET_PHASES).name == doc["reference"]["preset"]
+    doc2 = json.loads((ROOT / "benchmarks/results/fast_validation_v2.json").read_text())
+    assert tuple(fv.phase_of(p) for p in doc2["selected_phases"]) == V2_PRESET_PHASES
+    v1 = json.loads((ROOT / "benchmarks/fast_protocol_v2.json").read_text())["candidates"]["v1"]
+    assert tuple(fv.phase_of(p) for p in v1) == V1_PRESET_PHASES
+    assert FastConfig(eps=0.2, phases=V1_PRESET_PHASES).name == doc2["reference"]["preset"]
     for suite in ("default", "paper"):
         fast = yaml.safe_load((ROOT / f"conf/suite/{suite}.yaml").read_text())["fast"]
         assert tuple(fv.phase_of(p) for p in fast["phases"]) == PRESET_PHASES, suite

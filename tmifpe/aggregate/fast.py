@@ -190,7 +190,7 @@ def _ratio(num: str, den: str) -> pl.Expr:
 
 
 # ------------------------------------------------------------- validation models (issue 21)
-VALIDATION_JSON = Path("benchmarks/results/fast_validation_v2.json")  # protocol v2 (docs/fast.md)
+VALIDATION_JSON = Path("benchmarks/results/fast_validation_v3.json")  # protocol v3 (docs/fast.md)
 VALIDATION_FIELDS = (
     "role", "eps", "n", "robust_acc", "aa_robust_acc", "gap_vs_aa_pts", "gap_ci_low",
     "gap_ci_high", "pass_ratio", "pass_ratio_ci_low", "pass_ratio_ci_high", "fwd_eq_ratio",

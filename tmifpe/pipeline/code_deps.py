@@ -36,7 +36,7 @@ LOSSES_PACKAGE = "tmifpe.losses"
 # diagnostics; the attack stage: its cell's). The fast preset's phases are checked against
 # FAST_STAGE_LOSSES, the ablation variants against ABLATION_LOSSES (tests/test_code_deps.py).
 LOSS_SCOPES: dict[str, tuple[str, ...]] = {
-    "stages.fast": ("tmifpe",),  # tmifpe.pipeline.fast_config.FAST_STAGE_LOSSES
+    "stages.fast": ("tmifpe", "dlr"),  # tmifpe.pipeline.fast_config.FAST_STAGE_LOSSES
     "stages.ablations": ("ce", "mifpe", "tmifpe"),  # tmifpe.pipeline.ablations.ABLATION_LOSSES
     # no loss computed: data, training (its own CE), AutoAttack (pyautoattack's losses), and
     # the registry's names and labels only

@@ -15,7 +15,7 @@ from tmifpe.pipeline.param_types import Frozen, TStarRule
 
 # The loss packages dvc.yaml's `fast` stage depends on: a phase may use only these, so a change
 # to another loss never re-runs the preset, and a phase using another loss cannot go unnoticed.
-FAST_STAGE_LOSSES = (LossName.TMIFPE,)
+FAST_STAGE_LOSSES = (LossName.TMIFPE, LossName.DLR)
 
 
 class FastPhaseParams(Frozen):
