@@ -26,6 +26,7 @@ a reader can tell.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -104,6 +105,7 @@ def cold_repro(emulate_avx2: bool, workdir: Path | None = None) -> dict[str, Any
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
             raise SystemExit(f"dvc repro failed ({proc.returncode}):\n{tail}")
         walls = stage_walls(run_log)
+        fast = fast_verdicts(clone / "results/metrics.json")
         n_stages = len(subprocess.run([sys.executable, "-m", "dvc", "stage", "list",
                                        "--name-only"], cwd=clone, env=env, capture_output=True,
                                       text=True, check=True).stdout.split())
@@ -132,7 +134,22 @@ def cold_repro(emulate_avx2: bool, workdir: Path | None = None) -> dict[str, Any
         "outside_per_stage_s": round((wall - inside) / max(len(walls), 1), 2),
         "inside_by_kind_s": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "stages": walls,
+        "fast": fast,
     }
+
+
+FAST_FIELDS = ("robust_acc", "aa_robust_acc", "gap_vs_aa_pts", "gap_ci_low", "gap_ci_high",
+               "pass_ratio", "n_broken_aa_only", "n_broken_fast_only")
+
+
+def fast_verdicts(metrics: Path) -> dict[str, dict[str, Any]]:
+    """Per model of the suite, the fast preset vs AutoAttack on the held-out points of this
+    clone's run (``results/metrics.json`` → ``<suite>.<model>.fast``): the models were retrained here, so this
+    is the preset's verdict on this machine's (or emulation's) draw of the weights."""
+    doc = json.loads(metrics.read_text())
+    return {model: {f: m["fast"].get(f) for f in FAST_FIELDS}
+            for suite in doc.values() if isinstance(suite, dict)
+            for model, m in suite.items() if isinstance(m, dict) and "fast" in m}
 
 
 def main() -> None:
@@ -152,6 +169,9 @@ def main() -> None:
 
     write_json(rec, out)
     print(f"{'cold dvc repro':<28}{rec['wall_min']:>8.2f} min wall, {rec['cpu_s']:.0f} s CPU")
+    for model, f in rec["fast"].items():
+        print(f"  fast {model:<21}gap {f['gap_vs_aa_pts']:+.2f} pts vs AutoAttack, "
+              f"pass ratio {f['pass_ratio']:.4f}")
     print(f"{'stages run / listed':<28}{rec['n_stages_run']:>8} / {rec['n_stages']}")
     print(f"{'outside stage bodies':<28}{rec['outside_stages_s']:>8.1f} s "
           f"({rec['outside_per_stage_s']:.2f} s per stage)")

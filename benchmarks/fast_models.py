@@ -4,8 +4,9 @@ protocol file's ``models`` section, trained once and cached under the work dir.
     .venv/bin/python benchmarks/fast_models.py [--protocol benchmarks/fast_protocol.json]
 
 Protocol v2 (``benchmarks/fast_protocol_v2.json``) adds at_s3, at_s4, trades_s2, resbn_at_s1 and
-std_s3 (validation) to v1's nine (tuning); a model's cache key is its ``train`` spec, so v1's
-cached models serve v2 unchanged.
+std_s3 (validation) to v1's nine (tuning); protocol v3 (``fast_protocol_v3.json``) adds at_s5,
+trades_s3, resbn_at_s2, std_s4, std_s5_e08 and resbn_std_s0_e08 (validation; v2's 14 are its
+tuning models). A model's cache key is its ``train`` spec, so cached models serve every protocol.
 
 Recipes: ``standard`` and ``pgd_at`` are the default suite's (tmifpe.pipeline.train.train_model,
 same arguments as the model stage), ``trades`` is :func:`tmifpe.pipeline.train.train_trades`.

@@ -18,6 +18,10 @@ the cheapest one with gap <= 0 on every tuning model within the pass-ratio budge
 the v1 preset, the reference) is then scored on the validation models. ``--shard i/n`` fills the
 candidate cache in parallel processes; a run without it scores.
 
+Protocol v3 (``benchmarks/fast_protocol_v3.json``) runs the same way (:func:`main_v2`) with
+its own work dir (``--work``): v2's 14 models as tuning models, 6 new validation models, and
+candidates whose phases may be focused (``focus``, :class:`tmifpe.attacks.fast.Phase`).
+
 Refuses to score when the protocol file differs from its committed version, or from the hash a
 started run recorded in the work dir (``--fresh`` discards that run's scoring caches; trained
 models and AutoAttack results stay cached: they do not depend on the candidates or the rule).

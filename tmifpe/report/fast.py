@@ -2,7 +2,7 @@
 AutoAttack, robust accuracy, passes, seconds, the points each breaks that the other does not,
 the masking guard, and per model whether the target is met on held-out points (and if not, by
 how much and which AutoAttack stage broke the points the preset missed); and the per-model table
-over the validation set of models (the committed benchmarks/results/fast_validation_v2.json:
+over the validation set of models (the committed benchmarks/results/fast_validation_v3.json:
 models the preset was not chosen on, bootstrap CIs, disagreements)."""
 
 from __future__ import annotations
