@@ -144,8 +144,9 @@ FAST_FIELDS = ("robust_acc", "aa_robust_acc", "gap_vs_aa_pts", "gap_ci_low", "ga
 
 def fast_verdicts(metrics: Path) -> dict[str, dict[str, Any]]:
     """Per model of the suite, the fast preset vs AutoAttack on the held-out points of this
-    clone's run (``results/metrics.json`` → ``<suite>.<model>.fast``): the models were retrained here, so this
-    is the preset's verdict on this machine's (or emulation's) draw of the weights."""
+    clone's run (``results/metrics.json`` → ``<suite>.<model>.fast``): the models were
+    retrained here, so this is the preset's verdict on this machine's (or emulation's) draw of
+    the weights."""
     doc = json.loads(metrics.read_text())
     return {model: {f: m["fast"].get(f) for f in FAST_FIELDS}
             for suite in doc.values() if isinstance(suite, dict)
