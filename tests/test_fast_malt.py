@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from tmifpe.attacks.fast import (
+    MALT_POOL,
     FastConfig,
     Kind,
     Phase,
+    malt_backward_passes,
     malt_distances,
     malt_targets,
     pma_loss,
@@ -100,3 +102,36 @@ def test_malt_phase_counts_its_gradients() -> None:
     assert (runs["malt"].n_backward - runs["rank"].n_backward == K).all()
     r = runs["malt"]
     assert torch.equal(r.forward_equivalents - r.passes, r.n_backward)
+
+
+def test_malt_pool_caps_the_classes_and_their_cost() -> None:
+    """With more classes than the pool (CIFAR-100-like), only the ``pool`` largest other clean
+    logits are ranked, each with the full-K distance; the rest are +inf; pool+1 backward."""
+    torch.manual_seed(8)
+    k = 30
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, k)).double()
+    x = torch.rand(6, 1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    full = malt_distances(model, x, y, pool=k)  # every class: the uncapped path
+    capped = malt_distances(model, x, y, pool=5)
+    others = z.scatter(1, y[:, None], float("-inf")).topk(5, dim=1).indices
+    kept = torch.zeros_like(z, dtype=torch.bool).scatter(1, others, True)
+    assert torch.allclose(capped[kept], full[kept], rtol=1e-12)
+    assert torch.isinf(capped[~kept]).all() and (capped[~kept] > 0).all()
+    assert malt_backward_passes(k, pool=5) == 6 and malt_backward_passes(10, pool=20) == 10
+    assert malt_targets(model, x, y, 3).shape == (6, 3)
+
+
+def test_capped_malt_phase_counts_pool_plus_one_backward() -> None:
+    torch.manual_seed(10)
+    k = 30
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, k))
+    x = torch.rand(5, 1, 3, 4, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    runs = {rule: run_fast(model, x, y, FastConfig(
+        eps=1e-5, phases=(Phase(Kind.TARGETED, 2, n_targets=2, targets=rule),),
+        guard_queries=0)) for rule in ("rank", "malt")}
+    assert (runs["malt"].n_backward - runs["rank"].n_backward == MALT_POOL + 1).all()

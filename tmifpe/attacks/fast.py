@@ -65,6 +65,7 @@ ESCALATED = "square-full"  # name of the escalation phase in ``broken_by``
 ESCALATE_ZERO_FRACTION = 0.1  # a point is flagged when >= 10 % of its gradient steps were zero
 TARGET_RULES = ("rank", "malt")
 PMA = "pma"  # the probability-margin loss (pma_loss), local to the preset's comparisons
+MALT_POOL = 20  # MALT ranks at most the 20 largest other clean logits (cost cap for K > 21)
 
 
 def pma_loss(logits: Tensor, labels: Tensor, *, targets: Tensor | None = None) -> Tensor:
@@ -82,28 +83,49 @@ def phase_loss(name: str, tstar_rule: str) -> LossFn:
     return pma_loss if name == PMA else get_loss(name, tstar_rule=tstar_rule)
 
 
-def malt_distances(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def malt_distances(model: nn.Module, x: Tensor, y: Tensor, pool: int = MALT_POOL) -> Tensor:
     """[MALT, Melamed et al. 2024] Linearised l∞ distance to each class's boundary at the clean
     point: d_j = (z_y − z_j) / ‖∇ₓ(z_y − z_j)‖₁ (the dual norm of l∞), +inf for j = y. ``(N, K)``;
-    one forward and K backward passes (one per logit)."""
+    one forward and :func:`malt_backward_passes` backward passes (one per logit considered).
+    With more than ``pool`` other classes (CIFAR-100, ImageNet), only the ``pool`` largest
+    clean logits besides z_y are considered (our cost cap, not MALT's rule; +inf elsewhere)."""
     xg = x.detach().clone().requires_grad_(True)
     z = model(xg)
     k = z.shape[1]
-    grads = torch.stack([torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j < k - 1)[0]
-                         for j in range(k)], dim=1).flatten(2)  # (N, K, D)
-    z = z.detach()
-    g_y = grads[torch.arange(x.shape[0]), y]
-    margin = z.gather(1, y[:, None]) - z
-    dual = (g_y[:, None, :] - grads).abs().sum(dim=2)
-    d = margin / (dual + 1e-12)
-    return d.scatter(1, y[:, None], float("inf"))
+    if k - 1 <= pool:  # every class (digits, MNIST, CIFAR-10)
+        grads = torch.stack([torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j < k - 1)[0]
+                             for j in range(k)], dim=1).flatten(2)  # (N, K, D)
+        z = z.detach()
+        g_y = grads[torch.arange(x.shape[0]), y]
+        margin = z.gather(1, y[:, None]) - z
+        dual = (g_y[:, None, :] - grads).abs().sum(dim=2)
+        d = margin / (dual + 1e-12)
+        return d.scatter(1, y[:, None], float("inf"))
+    # column 0: the label; columns 1..pool: the largest other clean logits. Row i's backward of
+    # sum_i z[i, c_i] is row i's own gradient (eval-mode rows do not interact).
+    others = z.detach().scatter(1, y[:, None], float("-inf")).topk(pool, dim=1).indices
+    cols = torch.cat([y[:, None], others], dim=1)  # (N, pool + 1)
+    grads = torch.stack([torch.autograd.grad(z.gather(1, cols[:, r : r + 1]).sum(), xg,
+                                             retain_graph=r < pool)[0]
+                         for r in range(pool + 1)], dim=1).flatten(2)  # (N, pool + 1, D)
+    zc = z.detach().gather(1, cols)
+    margin = zc[:, :1] - zc[:, 1:]
+    dual = (grads[:, :1] - grads[:, 1:]).abs().sum(dim=2)
+    d = torch.full_like(z.detach(), float("inf"))
+    return d.scatter(1, others, margin / (dual + 1e-12))
+
+
+def malt_backward_passes(n_classes: int, pool: int = MALT_POOL) -> int:
+    """Backward passes of one :func:`malt_distances` call per point: K, or ``pool`` + 1 when
+    the classes are capped."""
+    return n_classes if n_classes - 1 <= pool else pool + 1
 
 
 def malt_targets(model: nn.Module, x: Tensor, y: Tensor, n_targets: int) -> Tensor:
-    """The ``min(n_targets, K−1)`` classes with the smallest :func:`malt_distances`, nearest
-    first. ``(N, n)``."""
+    """The ``min(n_targets, K−1, MALT_POOL)`` classes with the smallest :func:`malt_distances`,
+    nearest first. ``(N, n)``."""
     d = malt_distances(model, x, y)
-    n = min(n_targets, d.shape[1] - 1)
+    n = min(n_targets, d.shape[1] - 1, MALT_POOL)
     return d.argsort(dim=1)[:, :n]
 
 
@@ -365,7 +387,7 @@ def _run_phase(model: PrecisionModel, x: Tensor, y: Tensor, clean: Tensor, alive
             dev_idx = idx.to(x.device)
             targets[dev_idx] = malt_targets(model, x[dev_idx], y[dev_idx], phase.n_targets)
             extra_f[idx] += 1
-            extra_b[idx] += clean.shape[1]
+            extra_b[idx] += malt_backward_passes(clean.shape[1])
     elif targeted:
         targets = attack_targets(clean, phase.n_targets)
     acfg = APGDConfig(eps=cfg.eps, steps=phase.steps, restarts=phase.restarts, targeted=targeted,
