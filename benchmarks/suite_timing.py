@@ -287,15 +287,10 @@ def other_stages(run_log: Path | None) -> dict[str, Any] | None:
     """Compute seconds of the non-attack stages from a run log (start/done per stage)."""
     if run_log is None or not run_log.exists():
         return None
-    from tmifpe.pipeline.runlog import read_runs
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cold_repro import stage_walls
 
-    start: dict[str, float] = {}
-    walls: dict[str, float] = {}
-    for r in read_runs(run_log):
-        if r["event"] == "start":
-            start[r["stage"]] = r["time"]
-        elif r["event"] == "done" and r["stage"] in start:
-            walls[r["stage"]] = r["time"] - start[r["stage"]]
+    walls = stage_walls(run_log)
     by_kind: dict[str, float] = {}
     for stage, w in walls.items():
         kind = stage.split("@")[0]

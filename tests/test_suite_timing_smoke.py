@@ -65,3 +65,21 @@ def test_prediction_is_incomplete_without_stage_measurements(report, tmp_path) -
     proc = _run("--reuse", str(path), "--out", str(again))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads(again.read_text())["prediction"] == doc["prediction"]
+
+
+def test_stage_seconds_come_from_the_run_log(tmp_path: Path) -> None:
+    """cold_repro's per-stage walls and suite_timing's per-kind sums read one parser: a stage
+    without its done line (a crash) is not counted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cold_repro import stage_walls
+    from suite_timing import other_stages
+
+    log = tmp_path / "runs.jsonl"
+    rows = [("start", "aggregate", 1.0), ("done", "aggregate", 3.5), ("start", "fast@a", 2.0),
+            ("done", "fast@a", 2.25), ("start", "fast@b", 2.0), ("done", "fast@b", 3.0),
+            ("start", "report", 4.0)]
+    log.write_text("\n".join(json.dumps({"event": e, "stage": s, "time": t})
+                             for e, s, t in rows) + "\n")
+    assert stage_walls(log) == {"aggregate": 2.5, "fast@a": 0.25, "fast@b": 1.0}
+    assert other_stages(log) == {"aggregate": 2.5, "fast": 1.25}
+    assert other_stages(None) is None
