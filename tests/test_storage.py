@@ -77,3 +77,17 @@ def test_report_environment_says_when_hardware_is_mixed(tmp_path: Path) -> None:
     old = _result(tmp_path / "old.parquet", None)
     table = environment_table({"attack": [old]}, "default")
     assert table["hardware_class"].to_list() == ["unrecorded"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int,
+                                                    mode: int) -> None:
+    """Not mkstemp's 0600: results on a shared filesystem stay readable as the umask allows."""
+    import subprocess
+    import sys
+
+    code = (f"import os; os.umask({umask}); from pathlib import Path; "
+            "from tmifpe.storage import write_json; "
+            f"write_json({{'a': 1}}, Path({str(tmp_path / 'out.json')!r}))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode

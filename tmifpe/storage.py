@@ -2,7 +2,8 @@
 
 Writes go to a unique temporary file in the target's folder and are renamed into place, so a
 crash never leaves a half-written file that DVC could cache as complete, and two processes
-writing the same path never share a temporary name. Hashes are SHA-256 over bytes.
+writing the same path never share a temporary name; files get the mode an ordinary write gives
+(0666 minus the umask). Hashes are SHA-256 over bytes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,22 @@ import torch
 from torch import Tensor
 
 
+def _process_umask() -> int:
+    """The process umask, read once at import (``os.umask`` can only read it by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# the mode an ordinary ``open(path, "w")`` gives: mkstemp's temporary files are 0600, which
+# would leave every result unreadable to the group on a shared lab filesystem
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(name)
     try:
