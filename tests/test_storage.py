@@ -91,3 +91,15 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int,
             f"write_json({{'a': 1}}, Path({str(tmp_path / 'out.json')!r}))")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode
+
+
+def test_equal_objects_save_to_equal_bytes(tmp_path: Path) -> None:
+    """The temporary file's random name must not leak into the checkpoint (DVC hashes bytes)."""
+    from tmifpe.storage import save_torch
+
+    obj = {"x": torch.arange(6.0).view(2, 3), "y": torch.tensor([1, 2])}
+    save_torch(obj, tmp_path / "a.pt")
+    save_torch(obj, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert torch.equal(back["x"], obj["x"]) and torch.equal(back["y"], obj["y"])

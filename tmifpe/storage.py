@@ -9,6 +9,7 @@ writing the same path never share a temporary name; files get the mode an ordina
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -83,8 +84,12 @@ def write_bytes(data: bytes, path: Path) -> None:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` via rename (load with ``torch.load(path, weights_only=True)``)."""
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` via rename (load with ``torch.load(path, weights_only=True)``). Saved to
+    memory first: ``torch.save`` to a path names the zip's records after the file, and the
+    temporary file's random name would make equal objects give different bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(buf.getvalue(), path)
 
 
 def sha256_path(path: Path) -> str:

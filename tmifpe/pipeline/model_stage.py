@@ -27,7 +27,7 @@ from tmifpe.pipeline.config import SuiteParams
 from tmifpe.pipeline.train import TrainConfig, train_model
 from tmifpe.precision import Precision, PrecisionModel
 from tmifpe.runtime import resolve_device
-from tmifpe.storage import sha256_path, write_json
+from tmifpe.storage import save_torch, sha256_path, write_json
 
 
 def train_recipe(
@@ -64,10 +64,7 @@ def prepare_model(suite: SuiteParams, key: str, *, data_dir: Path, out_dir: Path
         model, history = train_recipe(params, ds.source, tensors["x_train"], tensors["y_train"],
                                       device=resolve_device(suite.device))
         ckpt = trained_checkpoint(key)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_name(f".{ckpt.name}.tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
+        save_torch(model.state_dict(), ckpt)  # atomic, equal weights give equal bytes
         manifest["train_loss"] = [round(v, 6) for v in history]
         manifest["checkpoint_sha256"] = sha256_path(ckpt)
     else:
