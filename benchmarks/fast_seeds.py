@@ -58,6 +58,7 @@ def main() -> None:
     n = proto["dataset"]["n_points"]
     x, y = data["x_test"][:n], data["y_test"][:n]
     rows = [{"seed": 0, **{f: r[f] for f in FIELDS}} for r in result["models"]]
+    aa_rows = []
     for key, spec in proto["models"].items():
         model = load_or_train(key, spec["train"], data, args.work)
         aa = autoattack(key, model, x, y, spec["eps"], proto, args.work)
@@ -69,17 +70,14 @@ def main() -> None:
             rows.append({"seed": seed, **{f: r[f] for f in FIELDS}})
             print(f"  {key} seed {seed}: gap {r['gap_vs_aa_pts']:+.2f} pts, missed "
                   f"{r['n_missed']}, pass ratio {r['pass_ratio']:.4f}", flush=True)
-    aa_rows = []
-    for key, spec in proto["models"].items():
         if spec["role"] != "validation":
             continue
-        model = load_or_train(key, spec["train"], data, args.work)
-        ref = autoattack(key, model, x, y, spec["eps"], proto, args.work)[0].sort("example")
+        r0 = aa[0].sort("example")["robust_fp32"].to_numpy()
         for seed in args.aa_seeds:
             other_proto = {**proto, "autoattack": {**proto["autoattack"], "seed": seed}}
             other = autoattack(key, model, x, y, spec["eps"], other_proto,
-                               args.work / f"aa_seed{seed}")[0].sort("example")
-            r0, rk = ref["robust_fp32"].to_numpy(), other["robust_fp32"].to_numpy()
+                               args.work / f"aa_seed{seed}")[0]
+            rk = other.sort("example")["robust_fp32"].to_numpy()
             aa_rows.append({"model": key, "aa_seed": seed,
                             "robust_acc": round(float(rk.mean()), 6),
                             "aa_robust_acc": round(float(r0.mean()), 6),
