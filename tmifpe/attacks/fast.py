@@ -91,23 +91,14 @@ def malt_distances(model: nn.Module, x: Tensor, y: Tensor, pool: int = MALT_POOL
     clean logits besides z_y are considered (our cost cap, not MALT's rule; +inf elsewhere)."""
     xg = x.detach().clone().requires_grad_(True)
     z = model(xg)
-    k = z.shape[1]
-    if k - 1 <= pool:  # every class (digits, MNIST, CIFAR-10)
-        grads = torch.stack([torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j < k - 1)[0]
-                             for j in range(k)], dim=1).flatten(2)  # (N, K, D)
-        z = z.detach()
-        g_y = grads[torch.arange(x.shape[0]), y]
-        margin = z.gather(1, y[:, None]) - z
-        dual = (g_y[:, None, :] - grads).abs().sum(dim=2)
-        d = margin / (dual + 1e-12)
-        return d.scatter(1, y[:, None], float("inf"))
-    # column 0: the label; columns 1..pool: the largest other clean logits. Row i's backward of
+    n = min(pool, z.shape[1] - 1)
+    # column 0: the label; columns 1..n: the largest other clean logits. Row i's backward of
     # sum_i z[i, c_i] is row i's own gradient (eval-mode rows do not interact).
-    others = z.detach().scatter(1, y[:, None], float("-inf")).topk(pool, dim=1).indices
-    cols = torch.cat([y[:, None], others], dim=1)  # (N, pool + 1)
+    others = z.detach().scatter(1, y[:, None], float("-inf")).topk(n, dim=1).indices
+    cols = torch.cat([y[:, None], others], dim=1)  # (N, n + 1)
     grads = torch.stack([torch.autograd.grad(z.gather(1, cols[:, r : r + 1]).sum(), xg,
-                                             retain_graph=r < pool)[0]
-                         for r in range(pool + 1)], dim=1).flatten(2)  # (N, pool + 1, D)
+                                             retain_graph=r < n)[0]
+                         for r in range(n + 1)], dim=1).flatten(2)  # (N, n + 1, D)
     zc = z.detach().gather(1, cols)
     margin = zc[:, :1] - zc[:, 1:]
     dual = (grads[:, :1] - grads[:, 1:]).abs().sum(dim=2)
